@@ -1,1 +1,46 @@
-fn main() {}
+//! `netloop`: servers built on the netloop event core.
+
+mod echo;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// netloop: an epoll event core for Linux network servers.
+#[derive(Parser, Debug)]
+#[command(name = "netloop", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an echo server: every byte received is sent back.
+    Echo(echo::EchoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Echo(args) => echo::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netloop: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout
+/// carries only what scripts read: the bound address.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,156 @@
+//! Counters a loop keeps about itself.
+
+use std::fmt;
+
+/// Why a connection ended. Every close carries one, the handler sees it in
+/// [`Handler::on_close`](crate::Handler::on_close), and [`Stats`] counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The peer sent FIN (and any queued output was delivered first).
+    PeerClosed,
+    /// The peer reset the connection, or a read or write failed.
+    Reset,
+    /// No traffic for longer than the idle timeout.
+    IdleTimeout,
+    /// The pool was full when the connection arrived.
+    PoolFull,
+    /// The loop was stopping.
+    Shutdown,
+    /// The handler closed it.
+    Closed,
+    /// A frame announced a length over the limit.
+    FrameTooLarge,
+    /// A frame did not start with the expected magic.
+    BadMagic,
+    /// The peer broke the protocol in some other way.
+    ProtocolError,
+    /// Buffered input passed the per-connection input limit.
+    InputLimit,
+    /// Queued output passed the per-connection output limit (a slow reader).
+    OutputLimit,
+}
+
+impl CloseReason {
+    /// Every reason, in the order [`Stats::closed`] counts them.
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::PeerClosed,
+        CloseReason::Reset,
+        CloseReason::IdleTimeout,
+        CloseReason::PoolFull,
+        CloseReason::Shutdown,
+        CloseReason::Closed,
+        CloseReason::FrameTooLarge,
+        CloseReason::BadMagic,
+        CloseReason::ProtocolError,
+        CloseReason::InputLimit,
+        CloseReason::OutputLimit,
+    ];
+
+    /// A short lowercase name, for logs and tables.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Reset => "reset",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::PoolFull => "pool_full",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Closed => "closed",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::BadMagic => "bad_magic",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InputLimit => "input_limit",
+            CloseReason::OutputLimit => "output_limit",
+        }
+    }
+
+    const fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A loop's counters. Plain integers, updated only by the loop's own thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted into the pool.
+    pub accepted: u64,
+    /// Connections closed, indexed like [`CloseReason::ALL`].
+    pub closed: [u64; CloseReason::ALL.len()],
+    /// Events dropped whole because their token's generation was stale on
+    /// arrival: the connection closed earlier in the batch, or before it.
+    pub stale_events: u64,
+    /// Write halves dropped because the read half of the same event closed
+    /// the connection (the case nginx 1.1.9 fixed). Normal after a close
+    /// during a read; counted apart so `stale_events` stays meaningful.
+    pub stale_write_halves: u64,
+    /// Times accepting was paused because the process ran out of descriptors.
+    pub accept_pauses: u64,
+    /// Bytes read from connections.
+    pub bytes_read: u64,
+    /// Bytes written to connections.
+    pub bytes_written: u64,
+    /// `epoll_wait` calls.
+    pub wait_calls: u64,
+    /// `read` calls on connections.
+    pub read_calls: u64,
+    /// `write`/`sendmsg` calls on connections.
+    pub write_calls: u64,
+    /// Turns that found posted work (a budget-limited read or a resume).
+    pub posted_runs: u64,
+}
+
+impl Stats {
+    /// How many connections closed for `reason`.
+    pub fn closed_for(&self, reason: CloseReason) -> u64 {
+        self.closed[reason.slot()]
+    }
+
+    /// All connections closed, whatever the reason.
+    pub fn closed_total(&self) -> u64 {
+        self.closed.iter().sum()
+    }
+
+    pub(crate) fn count_close(&mut self, reason: CloseReason) {
+        self.closed[reason.slot()] += 1;
+    }
+
+    /// Adds another loop's counters to these (for per-process totals).
+    pub fn merge(&mut self, other: &Stats) {
+        self.accepted += other.accepted;
+        for (mine, theirs) in self.closed.iter_mut().zip(other.closed.iter()) {
+            *mine += theirs;
+        }
+        self.stale_events += other.stale_events;
+        self.stale_write_halves += other.stale_write_halves;
+        self.accept_pauses += other.accept_pauses;
+        self.bytes_read += other.bytes_read;
+        self.bytes_written += other.bytes_written;
+        self.wait_calls += other.wait_calls;
+        self.read_calls += other.read_calls;
+        self.write_calls += other.write_calls;
+        self.posted_runs += other.posted_runs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        let mut stats = Stats::default();
+        for (n, reason) in CloseReason::ALL.iter().enumerate() {
+            for _ in 0..=n {
+                stats.count_close(*reason);
+            }
+        }
+        for (n, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(stats.closed_for(*reason), n as u64 + 1, "{reason}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Sockets: listeners, accept4, and the read/write calls of the data path.
+
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+
+use super::cvt_size;
+use super::epoll::{EDGE, Epoll, Events, READ_HUP, READABLE};
+
+/// How to create a listening socket.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenOptions {
+    /// The `listen(2)` backlog.
+    pub backlog: i32,
+    /// Set `SO_REUSEPORT`, so several loops can each own a listener on one port.
+    pub reuse_port: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        Self {
+            backlog: 1024,
+            reuse_port: false,
+        }
+    }
+}
+
+/// Binds a non-blocking, close-on-exec TCP listener with `SO_REUSEADDR`.
+pub fn listen(addr: SocketAddr, options: ListenOptions) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(options.backlog)?;
+    Ok(socket.into())
+}
+
+/// Accepts one connection as a non-blocking, close-on-exec socket, in one
+/// `accept4` call. Returns the socket and the peer's address.
+pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    // SAFETY: try_init hands accept4 a zeroed sockaddr_storage and its length,
+    // both valid for writes, and trusts the length the kernel writes back.
+    let (fd, addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                listener,
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd == -1 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })?
+    };
+    // SAFETY: `fd` was just returned by accept4 and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok((fd, addr.as_socket()))
+}
+
+/// Reads into `buf`; `Ok(0)` is end of stream.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` writable bytes for the whole call.
+    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Writes from `buf`, returning how much the kernel took.
+///
+/// Uses `send(MSG_NOSIGNAL)` so a peer that has gone away yields EPIPE
+/// instead of killing the process with SIGPIPE.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` readable bytes for the whole call.
+    cvt_size(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })
+}
+
+/// Writes several buffers in one call (`sendmsg`, gathering, without SIGPIPE).
+pub fn write_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    // SAFETY: msg_iov points at `msg_iovlen` valid iovecs borrowed for the call;
+    // the kernel only reads them.
+    cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })
+}
+
+/// Shuts down one or both halves of a connected socket.
+pub fn shutdown(fd: impl AsFd, how: Shutdown) -> io::Result<()> {
+    SockRef::from(&fd).shutdown(how)
+}
+
+/// Disables Nagle's algorithm: replies are written whole, once per turn, so
+/// delaying small segments would only add latency.
+pub fn set_nodelay(fd: impl AsFd) -> io::Result<()> {
+    SockRef::from(&fd).set_tcp_nodelay(true)
+}
+
+/// Takes the pending socket error (`SO_ERROR`), if any.
+pub fn take_error(fd: impl AsFd) -> io::Result<Option<io::Error>> {
+    SockRef::from(&fd).take_error()
+}
+
+/// Duplicates a file descriptor (close-on-exec). The duplicate refers to the
+/// same open file, so its epoll registration outlives the original's close.
+pub fn duplicate(fd: impl AsFd) -> io::Result<OwnedFd> {
+    fd.as_fd().try_clone_to_owned()
+}
+
+/// Checks once whether this kernel reports `EPOLLRDHUP`, as nginx's
+/// `ngx_epoll_test_rdhup` does: register one end of a socket pair for
+/// read-hangup, close the other end, and see whether the bit is reported.
+pub fn probe_rdhup() -> bool {
+    let probe = || -> io::Result<bool> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let epoll = Epoll::new()?;
+        epoll.add(ours.as_raw_fd(), 0, READABLE | READ_HUP | EDGE)?;
+        drop(theirs);
+        let mut events = Events::with_capacity(1);
+        epoll.wait(&mut events, Some(std::time::Duration::ZERO))?;
+        Ok(events.get(0).is_some_and(|e| e.events & READ_HUP != 0))
+    };
+    probe().unwrap_or(false)
+}

@@ -1,0 +1,129 @@
+//! Waking a loop from another thread: an eventfd, an "already woken" flag so
+//! a burst of wakes costs one `write`, and an inbox of commands.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::Error;
+use crate::event_loop::Ctx;
+use crate::sys::eventfd::EventFd;
+use crate::token::ConnId;
+
+/// A task run on the loop's thread with access to its connections.
+pub type Task<S> = Box<dyn for<'a> FnOnce(&mut Ctx<'a, S>) + Send>;
+
+/// What another thread asks a loop to do.
+pub(crate) enum Command<S> {
+    Stop,
+    Write(ConnId, Vec<u8>),
+    Close(ConnId),
+    Run(Task<S>),
+}
+
+pub(crate) struct Shared<S> {
+    eventfd: EventFd,
+    woken: AtomicBool,
+    stopped: AtomicBool,
+    inbox: Mutex<Vec<Command<S>>>,
+}
+
+impl<S> Shared<S> {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self {
+            eventfd: EventFd::new()?,
+            woken: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            inbox: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn eventfd(&self) -> &EventFd {
+        &self.eventfd
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Vec<Command<S>>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn send(&self, command: Command<S>) -> Result<(), Error> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Error::LoopStopped);
+        }
+        self.inbox().push(command);
+        // Only the first wake of a burst writes the eventfd; the loop clears
+        // the flag before it empties the inbox, so nothing is left unseen.
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.eventfd.notify()?;
+        }
+        Ok(())
+    }
+
+    /// Called by the loop when the eventfd fires: takes every queued command.
+    pub(crate) fn take_commands(&self, into: &mut Vec<Command<S>>) {
+        self.woken.store(false, Ordering::Release);
+        // Draining the counter is only needed to stop level-triggered reports;
+        // an error here would mean a closed fd, which the loop never does.
+        let _ = self.eventfd.drain();
+        into.append(&mut self.inbox());
+    }
+
+    /// Marks the loop as gone, so later sends fail instead of piling up.
+    pub(crate) fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.inbox().clear();
+    }
+}
+
+/// A `Send + Clone` handle to a loop, usable from any thread.
+///
+/// Everything it does is carried out on the loop's own thread at its next
+/// turn. Operations on a connection that has closed by then are dropped.
+pub struct LoopHandle<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for LoopHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> fmt::Debug for LoopHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("stopped", &self.shared.stopped.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<S> LoopHandle<S> {
+    pub(crate) fn new(shared: Arc<Shared<S>>) -> Self {
+        Self { shared }
+    }
+
+    /// Asks the loop to stop gracefully: stop accepting, let connections
+    /// drain until the stop deadline, then close the rest.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.shared.send(Command::Stop)
+    }
+
+    /// Queues `bytes` for the connection `id`.
+    pub fn write(&self, id: ConnId, bytes: Vec<u8>) -> Result<(), Error> {
+        self.shared.send(Command::Write(id, bytes))
+    }
+
+    /// Closes the connection `id` once its queued output is written.
+    pub fn close(&self, id: ConnId) -> Result<(), Error> {
+        self.shared.send(Command::Close(id))
+    }
+
+    /// Runs `task` on the loop's thread.
+    pub fn post(&self, task: impl for<'a> FnOnce(&mut Ctx<'a, S>) + Send + 'static) -> Result<(), Error> {
+        self.shared.send(Command::Run(Box::new(task)))
+    }
+}
