@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::OwnedFd;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::buffer::{Buffer, BufferPool};
 use crate::event_loop::Ctx;
 use crate::stats::CloseReason;
+use crate::sys::socket;
 use crate::timer::TimerId;
 use crate::token::ConnId;
 
@@ -135,6 +137,19 @@ impl<'a, S> Conn<'a, S> {
     /// The peer's address, when the kernel reported one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.slot().peer
+    }
+
+    /// The socket's file descriptor number, for logging and socket options.
+    /// The loop owns the descriptor; do not close it.
+    pub fn raw_fd(&self) -> RawFd {
+        self.slot().fd.as_raw_fd()
+    }
+
+    /// Duplicates the socket (`dup`). The duplicate outlives this connection's
+    /// close; the loop deregisters the socket from epoll explicitly, so the
+    /// duplicate raises no events for the loop.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        socket::duplicate(&self.slot().fd)
     }
 
     /// The bytes received and not yet consumed.

@@ -349,6 +349,13 @@ impl<H: Handler> EventLoop<H> {
         Ok(local)
     }
 
+    /// The epoll token of listener number `index` (in the order added), for
+    /// building batches by hand with [`dispatch_batch`](Self::dispatch_batch).
+    pub fn listener_token(&self, index: usize) -> Option<u64> {
+        (index < self.core.listeners.len())
+            .then(|| ConnId::new(RESERVED_INDEX_BASE + index as u32, 0).to_u64())
+    }
+
     /// The addresses of this loop's listeners.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.core
