@@ -40,6 +40,10 @@ pub(crate) struct Flags {
     pub(crate) write_blocked: bool,
     /// The peer sent FIN.
     pub(crate) peer_closed: bool,
+    /// An event reported a hang-up or error. Sticky: a read deferred by
+    /// backpressure or the budget must not trust a short read afterwards,
+    /// since the event that announced the FIN has already been consumed.
+    pub(crate) hangup_seen: bool,
     /// Send FIN once the output drains.
     pub(crate) shutdown_requested: bool,
     /// FIN has been sent.

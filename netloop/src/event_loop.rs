@@ -963,6 +963,8 @@ impl<S> Core<S> {
         let Some(conn) = self.pool.get_mut(id) else {
             return ReadOutcome::Idle;
         };
+        conn.flags.hangup_seen |= hangup;
+        let hangup = conn.flags.hangup_seen;
         let spare = conn.input.spare(self.buffers.chunk() / 4, &mut self.buffers);
         let room = spare.len();
         self.stats.read_calls += 1;
