@@ -112,9 +112,8 @@ where
     let (ready_tx, ready_rx) = mpsc::channel();
     // The loop is built on its own thread so that handler state never has
     // to be `Send`.
-    let server = thread::Builder::new()
-        .name("netloop-loop".into())
-        .spawn(move || -> Result<(), ServeError> {
+    let server = thread::Builder::new().name("netloop-loop".into()).spawn(
+        move || -> Result<(), ServeError> {
             let started = EventLoop::new(config, make_handler()).and_then(|mut event_loop| {
                 let addr = event_loop.listen(listen_addr)?;
                 Ok((event_loop, addr))
@@ -133,7 +132,8 @@ where
             let result = event_loop.run();
             tracing::info!(stats = ?event_loop.stats(), "stopped");
             Ok(result?)
-        })?;
+        },
+    )?;
     let Ok(Some((addr, handle))) = ready_rx.recv() else {
         return server.join().map_err(|_| ServeError::Panicked)?;
     };

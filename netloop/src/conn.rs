@@ -1,8 +1,8 @@
 //! One connection's state inside the loop, and the handler's view of it.
 
+use std::io;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -122,14 +122,20 @@ impl<'a, S> Conn<'a, S> {
         match self.ctx.core.pool.get(self.id) {
             Some(conn) => conn,
             // A connection leaves the pool only between callbacks.
-            None => unreachable!("connection {} left the pool during its own callback", self.id),
+            None => unreachable!(
+                "connection {} left the pool during its own callback",
+                self.id
+            ),
         }
     }
 
     fn slot_mut(&mut self) -> &mut Connection<S> {
         match self.ctx.core.pool.get_mut(self.id) {
             Some(conn) => conn,
-            None => unreachable!("connection {} left the pool during its own callback", self.id),
+            None => unreachable!(
+                "connection {} left the pool during its own callback",
+                self.id
+            ),
         }
     }
 
@@ -197,7 +203,10 @@ impl<'a, S> Conn<'a, S> {
                 },
                 state: &mut conn.state,
             },
-            None => unreachable!("connection {} left the pool during its own callback", self.id),
+            None => unreachable!(
+                "connection {} left the pool during its own callback",
+                self.id
+            ),
         }
     }
 

@@ -243,7 +243,12 @@ impl<S> Ctx<'_, S> {
     }
 
     /// Arms a timer on connection `id`.
-    pub fn set_timer_on(&mut self, id: ConnId, delay: Duration, data: u64) -> Result<TimerId, Error> {
+    pub fn set_timer_on(
+        &mut self,
+        id: ConnId,
+        delay: Duration,
+        data: u64,
+    ) -> Result<TimerId, Error> {
         if !self.core.pool.contains(id) {
             return Err(Error::StaleConn(id));
         }
@@ -335,7 +340,11 @@ impl<H: Handler> EventLoop<H> {
     /// Accepts from an already bound, non-blocking listener. With
     /// `exclusive`, it is registered with `EPOLLEXCLUSIVE`, for a listener
     /// shared by several loops.
-    pub fn add_listener(&mut self, socket: TcpListener, exclusive: bool) -> Result<SocketAddr, Error> {
+    pub fn add_listener(
+        &mut self,
+        socket: TcpListener,
+        exclusive: bool,
+    ) -> Result<SocketAddr, Error> {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         let index = self.core.listeners.len() as u32;
@@ -514,7 +523,9 @@ impl<H: Handler> EventLoop<H> {
             if !self.core.accepting() {
                 return;
             }
-            if self.core.pool.is_full() && self.core.config.pool_full == PoolFullPolicy::LeaveInBacklog {
+            if self.core.pool.is_full()
+                && self.core.config.pool_full == PoolFullPolicy::LeaveInBacklog
+            {
                 self.core.accept_blocked_by_pool = true;
                 self.core.sync_listeners();
                 return;
@@ -575,7 +586,9 @@ impl<H: Handler> EventLoop<H> {
         let registered = match self.core.pool.get_mut(id) {
             Some(conn) => {
                 conn.interest = interest;
-                self.core.epoll.add(conn.fd.as_raw_fd(), id.to_u64(), interest)
+                self.core
+                    .epoll
+                    .add(conn.fd.as_raw_fd(), id.to_u64(), interest)
             }
             None => Ok(()),
         };
@@ -585,8 +598,12 @@ impl<H: Handler> EventLoop<H> {
         }
         self.core.stats.accepted += 1;
         self.core.arm_idle_timer(id);
-        self.handler
-            .on_open(&mut Conn::new(Ctx { core: &mut self.core }, id));
+        self.handler.on_open(&mut Conn::new(
+            Ctx {
+                core: &mut self.core,
+            },
+            id,
+        ));
         self.after_callback(id);
         Ok(id)
     }
@@ -598,8 +615,12 @@ impl<H: Handler> EventLoop<H> {
                 ReadOutcome::Data { bytes, drained } => {
                     total += bytes;
                     if self.core.pool.get(id).is_some_and(|c| !c.flags.stopping) {
-                        self.handler
-                            .on_data(&mut Conn::new(Ctx { core: &mut self.core }, id));
+                        self.handler.on_data(&mut Conn::new(
+                            Ctx {
+                                core: &mut self.core,
+                            },
+                            id,
+                        ));
                         self.after_callback(id);
                     } else if let Some(conn) = self.core.pool.get_mut(id) {
                         conn.input.consume(usize::MAX);
@@ -633,8 +654,12 @@ impl<H: Handler> EventLoop<H> {
         conn.flags.peer_closed = true;
         let notify = !conn.flags.stopping;
         if notify {
-            self.handler
-                .on_eof(&mut Conn::new(Ctx { core: &mut self.core }, id));
+            self.handler.on_eof(&mut Conn::new(
+                Ctx {
+                    core: &mut self.core,
+                },
+                id,
+            ));
         }
         self.core.request_close(id, CloseReason::PeerClosed, false);
         self.after_callback(id);
@@ -720,8 +745,14 @@ impl<H: Handler> EventLoop<H> {
             self.core.accept_blocked_by_pool = false;
             self.core.sync_listeners();
         }
-        self.handler
-            .on_close(&mut Ctx { core: &mut self.core }, id, state, reason);
+        self.handler.on_close(
+            &mut Ctx {
+                core: &mut self.core,
+            },
+            id,
+            state,
+            reason,
+        );
     }
 
     fn flush_conn(&mut self, id: ConnId) {
@@ -805,7 +836,12 @@ impl<H: Handler> EventLoop<H> {
                 TimerKind::User { conn, data } => {
                     if self.core.pool.contains(conn) {
                         self.handler.on_timer(
-                            &mut Conn::new(Ctx { core: &mut self.core }, conn),
+                            &mut Conn::new(
+                                Ctx {
+                                    core: &mut self.core,
+                                },
+                                conn,
+                            ),
                             timer,
                             data,
                         );
@@ -859,7 +895,9 @@ impl<H: Handler> EventLoop<H> {
                     let _ = self.core.queue_output(id, &bytes);
                 }
                 Command::Close(id) => self.core.request_close(id, CloseReason::Closed, false),
-                Command::Run(task) => task(&mut Ctx { core: &mut self.core }),
+                Command::Run(task) => task(&mut Ctx {
+                    core: &mut self.core,
+                }),
             }
             self.drain_closes();
         }
@@ -891,7 +929,11 @@ enum ReadOutcome {
 fn listener_interest(exclusive: bool) -> u32 {
     // Level-triggered: a listener left with a backlog is reported again next
     // turn, so accepting a bounded number per event loses nothing.
-    if exclusive { READABLE | EXCLUSIVE } else { READABLE }
+    if exclusive {
+        READABLE | EXCLUSIVE
+    } else {
+        READABLE
+    }
 }
 
 fn duration_ns(d: Duration) -> u64 {
@@ -965,7 +1007,9 @@ impl<S> Core<S> {
         };
         conn.flags.hangup_seen |= hangup;
         let hangup = conn.flags.hangup_seen;
-        let spare = conn.input.spare(self.buffers.chunk() / 4, &mut self.buffers);
+        let spare = conn
+            .input
+            .spare(self.buffers.chunk() / 4, &mut self.buffers);
         let room = spare.len();
         self.stats.read_calls += 1;
         match socket::read(conn.fd.as_raw_fd(), spare) {
@@ -981,8 +1025,8 @@ impl<S> Core<S> {
                 // this event, a FIN behind the data would raise EPOLLRDHUP
                 // later, so the EAGAIN read can be skipped (nginx's
                 // rdhup trick). Level mode re-reports what is left anyway.
-                let drained = n < room
-                    && (self.config.trigger == Trigger::Level || (self.rdhup && !hangup));
+                let drained =
+                    n < room && (self.config.trigger == Trigger::Level || (self.rdhup && !hangup));
                 ReadOutcome::Data { bytes: n, drained }
             }
             Err(e) => {
@@ -1104,7 +1148,8 @@ impl<S> Core<S> {
             let fd = listener.socket.as_raw_fd();
             let result = if wanted {
                 let token = ConnId::new(RESERVED_INDEX_BASE + index as u32, 0).to_u64();
-                self.epoll.add(fd, token, listener_interest(listener.exclusive))
+                self.epoll
+                    .add(fd, token, listener_interest(listener.exclusive))
             } else {
                 self.epoll.delete(fd)
             };

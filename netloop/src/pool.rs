@@ -143,7 +143,11 @@ mod tests {
         assert_eq!(b2.generation() & 1, c.generation() & 1);
         assert!(pool.get(c).is_none());
         assert!(pool.get(b).is_none());
-        assert_eq!(pool.remove(c), None, "a stale remove leaves the occupant alone");
+        assert_eq!(
+            pool.remove(c),
+            None,
+            "a stale remove leaves the occupant alone"
+        );
         assert_eq!(pool.get(b2), Some(&3));
     }
 

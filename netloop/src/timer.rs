@@ -67,7 +67,6 @@ impl Timers {
         }
         self.armed.pop_first()
     }
-
 }
 
 #[cfg(test)]

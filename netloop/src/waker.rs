@@ -45,7 +45,9 @@ impl<S> Shared<S> {
 
     fn inbox(&self) -> MutexGuard<'_, Vec<Command<S>>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
-        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn send(&self, command: Command<S>) -> Result<(), Error> {
@@ -123,7 +125,10 @@ impl<S> LoopHandle<S> {
     }
 
     /// Runs `task` on the loop's thread.
-    pub fn post(&self, task: impl for<'a> FnOnce(&mut Ctx<'a, S>) + Send + 'static) -> Result<(), Error> {
+    pub fn post(
+        &self,
+        task: impl for<'a> FnOnce(&mut Ctx<'a, S>) + Send + 'static,
+    ) -> Result<(), Error> {
         self.shared.send(Command::Run(Box::new(task)))
     }
 }

@@ -80,7 +80,10 @@ fn echo_1000_concurrent_connections_random_sizes_up_to_1_mib_every_byte_checked(
     let server = Server::start(Config::default());
     let all = payloads(1000, MIB, 0x5eed);
     let expected: usize = all.iter().map(Vec::len).sum();
-    assert!(all.iter().any(|p| p.len() > MIB / 2), "the sizes reach the top of the range");
+    assert!(
+        all.iter().any(|p| p.len() > MIB / 2),
+        "the sizes reach the top of the range"
+    );
 
     let echoed = run_clients(server.addr, all, 2);
 
@@ -112,7 +115,9 @@ fn echo_level_triggered_every_byte_checked() {
 #[test]
 fn half_close_peer_fin_still_gets_all_queued_output_then_close() {
     let mut event_loop = EventLoop::new(Config::default(), Echo).expect("loop");
-    let addr = event_loop.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let mut client = connect(addr);
     let payload = Rng::new(7).bytes(3 * MIB);
     client.write_all(&payload[..64 * 1024]).expect("write");
@@ -131,7 +136,11 @@ fn half_close_peer_fin_still_gets_all_queued_output_then_close() {
     turn_until(&mut event_loop, LIMIT, |l| l.stats().closed_total() == 1);
     sender.join().expect("sender");
     let got = reader.join().expect("reader");
-    assert_eq!(got.len(), payload.len(), "everything queued before FIN was delivered");
+    assert_eq!(
+        got.len(),
+        payload.len(),
+        "everything queued before FIN was delivered"
+    );
     assert!(got == payload);
     assert_eq!(event_loop.stats().closed_for(CloseReason::PeerClosed), 1);
 }
@@ -160,8 +169,11 @@ impl Handler for SayByeThenShutdown {
 
 #[test]
 fn shutdown_sends_fin_after_output_drains_and_keeps_reading() {
-    let mut event_loop = EventLoop::new(Config::default(), SayByeThenShutdown::default()).expect("loop");
-    let addr = event_loop.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let mut event_loop =
+        EventLoop::new(Config::default(), SayByeThenShutdown::default()).expect("loop");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let mut client = connect(addr);
     client.write_all(b"hi").expect("write");
     turn_until(&mut event_loop, LIMIT, |l| l.stats().bytes_written == 3);
@@ -184,7 +196,9 @@ fn idle_timeout_closes_silent_connections_only() {
         ..Config::default()
     };
     let mut event_loop = EventLoop::new(config, Echo).expect("loop");
-    let addr = event_loop.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let mut silent = connect(addr);
     let mut chatty = connect(addr);
     let start = Instant::now();
@@ -194,9 +208,17 @@ fn idle_timeout_closes_silent_connections_only() {
         assert_eq!(read_exact(&mut chatty, 4), b"ping");
     }
     assert_eq!(event_loop.stats().closed_for(CloseReason::IdleTimeout), 1);
-    assert_eq!(event_loop.connection_count(), 1, "the active connection stays");
+    assert_eq!(
+        event_loop.connection_count(),
+        1,
+        "the active connection stays"
+    );
     let mut buf = [0u8; 1];
-    assert_eq!(silent.read(&mut buf).expect("EOF"), 0, "the silent one got FIN");
+    assert_eq!(
+        silent.read(&mut buf).expect("EOF"),
+        0,
+        "the silent one got FIN"
+    );
     drop(chatty);
     turn_until(&mut event_loop, LIMIT, |l| l.connection_count() == 0);
 }
@@ -210,7 +232,9 @@ fn backpressure_a_peer_that_never_reads_does_not_grow_server_memory() {
         ..Config::default()
     };
     let mut event_loop = EventLoop::new(config.clone(), Echo).expect("loop");
-    let addr = event_loop.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let mut client = TcpStream::connect(addr).expect("connect");
     client.set_nonblocking(true).expect("nonblocking");
     let chunk = Rng::new(3).bytes(256 * 1024);
@@ -227,19 +251,30 @@ fn backpressure_a_peer_that_never_reads_does_not_grow_server_memory() {
             Err(e) if e.kind() == ErrorKind::WouldBlock => stalled_turns += 1,
             Err(e) => panic!("write: {e}"),
         }
-        event_loop.turn(Some(Duration::from_millis(1))).expect("turn");
+        event_loop
+            .turn(Some(Duration::from_millis(1)))
+            .expect("turn");
         peak = peak.max(event_loop.buffer_bytes());
     }
-    assert!(sent < goal / 8, "the sender was held back (sent {sent} bytes)");
+    assert!(
+        sent < goal / 8,
+        "the sender was held back (sent {sent} bytes)"
+    );
     let bound = 2 * (high_water + config.read_budget) + 4 * config.buffer_size;
-    assert!(peak <= bound, "server buffers peaked at {peak} bytes, bound {bound}");
+    assert!(
+        peak <= bound,
+        "server buffers peaked at {peak} bytes, bound {bound}"
+    );
 
     // Once the peer reads, everything it sent comes back and reading resumes.
     let mut received = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     let deadline = Instant::now() + LIMIT;
     while received < sent {
-        assert!(Instant::now() < deadline, "echo stalled at {received} of {sent}");
+        assert!(
+            Instant::now() < deadline,
+            "echo stalled at {received} of {sent}"
+        );
         match client.read(&mut buf) {
             Ok(0) => panic!("closed early"),
             Ok(n) => {
@@ -250,7 +285,9 @@ fn backpressure_a_peer_that_never_reads_does_not_grow_server_memory() {
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => panic!("read: {e}"),
         }
-        event_loop.turn(Some(Duration::from_millis(1))).expect("turn");
+        event_loop
+            .turn(Some(Duration::from_millis(1)))
+            .expect("turn");
     }
     assert_eq!(received, sent);
 }
@@ -263,7 +300,9 @@ fn pool_full_accept_and_close_is_counted_and_disturbs_nobody() {
         ..Config::default()
     };
     let mut event_loop = EventLoop::new(config, Echo).expect("loop");
-    let addr = event_loop.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
     turn_until(&mut event_loop, LIMIT, |l| l.connection_count() == 3);
     let mut extra = connect(addr);
@@ -294,7 +333,9 @@ fn pool_full_leave_in_backlog_serves_the_waiting_connection_when_a_slot_frees() 
         ..Config::default()
     };
     let mut event_loop = EventLoop::new(config, Echo).expect("loop");
-    let addr = event_loop.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let first = connect(addr);
     let _second = connect(addr);
     turn_until(&mut event_loop, LIMIT, |l| l.connection_count() == 2);
@@ -302,7 +343,11 @@ fn pool_full_leave_in_backlog_serves_the_waiting_connection_when_a_slot_frees() 
     waiting.write_all(b"queued").expect("write");
     let waits_before = event_loop.stats().wait_calls;
     turn_for(&mut event_loop, Duration::from_millis(200));
-    assert_eq!(event_loop.stats().accepted, 2, "the third waits in the backlog");
+    assert_eq!(
+        event_loop.stats().accepted,
+        2,
+        "the third waits in the backlog"
+    );
     assert!(
         event_loop.stats().wait_calls - waits_before < 100,
         "the loop does not spin on the waiting listener"
@@ -316,8 +361,11 @@ fn pool_full_leave_in_backlog_serves_the_waiting_connection_when_a_slot_frees() 
 
 #[test]
 fn stale_conn_id_is_a_clean_error_not_an_action_on_the_new_owner() {
-    let mut event_loop = EventLoop::new(Config::default(), support::Recorder::default()).expect("loop");
-    let addr = event_loop.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let mut event_loop =
+        EventLoop::new(Config::default(), support::Recorder::default()).expect("loop");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let old_client = connect(addr);
     turn_until(&mut event_loop, LIMIT, |l| l.handler().opened().len() == 1);
     let (old, _) = event_loop.handler().opened()[0];
@@ -346,8 +394,16 @@ fn stale_conn_id_is_a_clean_error_not_an_action_on_the_new_owner() {
     handle.close(old).expect("queued");
     turn_for(&mut event_loop, Duration::from_millis(50));
     assert_eq!(rx.recv().expect("results"), (true, true, true, true, false));
-    assert_eq!(event_loop.connection_count(), 1, "the new owner is still open");
+    assert_eq!(
+        event_loop.connection_count(),
+        1,
+        "the new owner is still open"
+    );
     new_client.write_all(b"ok").expect("write");
     turn_for(&mut event_loop, Duration::from_millis(30));
-    assert_eq!(read_exact(&mut new_client, 2), b"ok", "nothing else was written to it");
+    assert_eq!(
+        read_exact(&mut new_client, 2),
+        b"ok",
+        "nothing else was written to it"
+    );
 }

@@ -23,7 +23,10 @@ fn new_loop(config: Config) -> (EventLoop<Recorder>, std::net::SocketAddr) {
 }
 
 /// Connects a client and runs the loop until the server side has opened.
-fn open(event_loop: &mut EventLoop<Recorder>, addr: std::net::SocketAddr) -> (TcpStream, ConnId, i32) {
+fn open(
+    event_loop: &mut EventLoop<Recorder>,
+    addr: std::net::SocketAddr,
+) -> (TcpStream, ConnId, i32) {
     let before = event_loop.handler().opened().len();
     let client = connect(addr);
     turn_until(event_loop, LIMIT, |l| l.handler().opened().len() > before);
@@ -41,7 +44,11 @@ fn readable(id: ConnId) -> Event {
 }
 
 /// Checks that `client`'s connection `id` is untouched and still works.
-fn assert_untouched_then_echoes(event_loop: &mut EventLoop<Recorder>, client: &mut TcpStream, id: ConnId) {
+fn assert_untouched_then_echoes(
+    event_loop: &mut EventLoop<Recorder>,
+    client: &mut TcpStream,
+    id: ConnId,
+) {
     assert!(
         event_loop.handler().data_for(id).is_empty(),
         "a stale event delivered data to {id}"
@@ -132,7 +139,11 @@ fn seed_slot_reused_twice_in_one_batch_b_and_b_prime() {
         c.generation() & 1,
         "a one-bit instance flag could not tell B' from C"
     );
-    assert_eq!(event_loop.stats().stale_events, 2, "C's and B's events were dropped");
+    assert_eq!(
+        event_loop.stats().stale_events,
+        2,
+        "C's and B's events were dropped"
+    );
     assert_untouched_then_echoes(&mut event_loop, &mut client_b2, b2);
 }
 
@@ -166,8 +177,14 @@ fn seed_dup_fd_outlives_close_and_its_events_reach_nobody() {
     let (mut client_x, x, x_fd) = open(&mut event_loop, addr);
     event_loop.handler_mut().plans.insert(x, Plan::DupAndClose);
     client_x.write_all(b"x").expect("write");
-    turn_until(&mut event_loop, LIMIT, |l| l.handler().close_of(x).is_some());
-    assert_eq!(event_loop.handler().kept_fds.len(), 1, "the duplicate is alive");
+    turn_until(&mut event_loop, LIMIT, |l| {
+        l.handler().close_of(x).is_some()
+    });
+    assert_eq!(
+        event_loop.handler().kept_fds.len(),
+        1,
+        "the duplicate is alive"
+    );
 
     // The socket is still open through the duplicate: more data for it now
     // must raise no event for the loop, and Y, accepted into X's slot, must
@@ -175,15 +192,27 @@ fn seed_dup_fd_outlives_close_and_its_events_reach_nobody() {
     let (mut client_y, y, y_fd) = open(&mut event_loop, addr);
     assert_eq!(y.index(), x.index(), "Y took X's slot");
     assert_ne!(y_fd, x_fd, "X's fd number is still held by the duplicate");
-    client_x.write_all(b"leak").expect("write through the dup'd socket");
+    client_x
+        .write_all(b"leak")
+        .expect("write through the dup'd socket");
     turn_for(&mut event_loop, Duration::from_millis(50));
-    assert_eq!(event_loop.stats().stale_events, 0, "X's registration was removed");
+    assert_eq!(
+        event_loop.stats().stale_events,
+        0,
+        "X's registration was removed"
+    );
 
     // And if an old entry for X is still in a batch, it is dropped.
     event_loop.dispatch_batch(&[readable(x)]);
     assert_eq!(event_loop.stats().stale_events, 1);
     assert_untouched_then_echoes(&mut event_loop, &mut client_y, y);
-    assert!(!event_loop.handler().seen.iter().any(|s| matches!(s, Seen::Data { bytes, .. } if bytes == b"leak")));
+    assert!(
+        !event_loop
+            .handler()
+            .seen
+            .iter()
+            .any(|s| matches!(s, Seen::Data { bytes, .. } if bytes == b"leak"))
+    );
 }
 
 #[test]
@@ -205,8 +234,16 @@ fn seed_a_b_c_with_real_sockets_in_one_real_batch() {
     let opened = event_loop.handler().opened();
     let &(b, b_fd) = opened.last().expect("b opened");
     assert_eq!(event_loop.handler().close_of(c), Some(CloseReason::Closed));
-    assert_eq!((b.index(), b_fd), (c.index(), c_fd), "B took C's slot and fd");
-    assert_eq!(event_loop.stats().stale_events, 1, "C's real event was dropped");
+    assert_eq!(
+        (b.index(), b_fd),
+        (c.index(), c_fd),
+        "B took C's slot and fd"
+    );
+    assert_eq!(
+        event_loop.stats().stale_events,
+        1,
+        "C's real event was dropped"
+    );
     assert!(event_loop.handler().data_for(c).is_empty());
     assert_untouched_then_echoes(&mut event_loop, &mut client_b, b);
 }

@@ -47,7 +47,9 @@ impl Epoll {
         // SAFETY: epoll_create1 takes no pointers; the flag is a valid constant.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Registers `fd` with interest `events` and the given token.

@@ -42,7 +42,9 @@ impl SignalFd {
         // SAFETY: `set` is valid; -1 asks for a new fd; the flags are valid constants.
         let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) })?;
         // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Blocks until one of the signals arrives; returns its number.

@@ -118,7 +118,10 @@ pub fn turn_until<H: Handler>(
 ) {
     let deadline = Instant::now() + limit;
     while !done(event_loop) {
-        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {limit:?}"
+        );
         event_loop
             .turn(Some(Duration::from_millis(5)))
             .expect("turn");
@@ -204,7 +207,11 @@ pub fn echo_clients(addr: SocketAddr, payloads: Vec<Vec<u8>>, limit: Duration) -
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nonblocking(true).expect("nonblocking");
         epoll
-            .add(stream.as_raw_fd(), i as u64, READABLE | WRITABLE | READ_HUP | EDGE)
+            .add(
+                stream.as_raw_fd(),
+                i as u64,
+                READABLE | WRITABLE | READ_HUP | EDGE,
+            )
             .expect("register");
         conns.push(ClientConn {
             stream,

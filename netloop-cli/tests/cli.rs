@@ -1,0 +1,254 @@
+//! `netloop echo` as a user runs it: a child process on loopback.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `netloop` with `args` (optionally under `prlimit`) and reads
+    /// the bound address from its first line of output.
+    fn start(prefix: &[&str], args: &[&str]) -> Self {
+        let exe = env!("CARGO_BIN_EXE_netloop");
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn netloop");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        Self { child, addr }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "netloop did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// User plus system CPU time of the child, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("stat");
+        let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // Fields 14 and 15 of stat(5), counted from the state field (3).
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+}
+
+fn echoes(stream: &mut TcpStream, message: &[u8]) -> bool {
+    if stream.write_all(message).is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; message.len()];
+    stream.read_exact(&mut got).is_ok() && got == message
+}
+
+#[test]
+fn echo_prints_its_address_echoes_and_exits_0_on_sigint() {
+    let mut server = Server::start(&[], &["echo", "--addr", "127.0.0.1:0"]);
+    let mut c = client(server.addr);
+    assert!(echoes(&mut c, b"hello netloop\n"));
+    server.signal("INT");
+    assert!(server.wait().success());
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        c.read(&mut buf).expect("FIN on stop"),
+        0,
+        "the connection was closed cleanly"
+    );
+}
+
+#[test]
+fn echo_exits_0_on_sigterm_with_connections_open() {
+    let mut server = Server::start(
+        &[],
+        &["echo", "--addr", "127.0.0.1:0", "--stop-timeout", "1"],
+    );
+    let mut clients: Vec<TcpStream> = (0..5).map(|_| client(server.addr)).collect();
+    for c in &mut clients {
+        assert!(echoes(c, b"x"));
+    }
+    server.signal("TERM");
+    assert!(server.wait().success());
+}
+
+#[test]
+fn echo_idle_timeout_and_max_connections_flags_take_effect() {
+    let server = Server::start(
+        &[],
+        &[
+            "echo",
+            "--addr",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "0.3",
+            "--max-connections",
+            "2",
+        ],
+    );
+    let mut a = client(server.addr);
+    let mut b = client(server.addr);
+    assert!(echoes(&mut a, b"a") && echoes(&mut b, b"b"));
+    let mut over = client(server.addr);
+    let mut buf = [0u8; 1];
+    match over.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("a third connection was served: {other:?}"),
+    }
+    let started = Instant::now();
+    assert_eq!(a.read(&mut buf).expect("idle close"), 0);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn emfile_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
+    // 16 descriptors: the loop's own few, then room for about nine clients.
+    let server = Server::start(
+        &["prlimit", "--nofile=16:16"],
+        &["echo", "--addr", "127.0.0.1:0"],
+    );
+    let mut clients: Vec<TcpStream> = (0..14).map(|_| client(server.addr)).collect();
+    for c in &mut clients {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+    }
+    let served: Vec<bool> = clients.iter_mut().map(|c| echoes(c, b"1")).collect();
+    let served_count = served.iter().filter(|s| **s).count();
+    assert!(
+        served_count >= 3,
+        "some connections are served ({served_count})"
+    );
+    assert!(
+        served_count < clients.len(),
+        "the descriptor limit was reached"
+    );
+
+    let before = server.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = server.cpu_ticks() - before;
+    assert!(
+        used < 25,
+        "the paused server is idle, not spinning ({used} ticks in 1 s)"
+    );
+
+    for (c, _) in clients.iter_mut().zip(&served).filter(|(_, s)| **s) {
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert!(echoes(c, b"2"), "existing connections keep being served");
+    }
+    // Free descriptors: the waiting connections are accepted on the next retry.
+    let mut waiting: Vec<TcpStream> = Vec::new();
+    for (c, s) in clients.into_iter().zip(served) {
+        if !s {
+            waiting.push(c);
+        }
+    }
+    let waiting_count = waiting.len();
+    for c in &mut waiting {
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = [0u8; 1];
+        // Their first byte was sent while they waited in the backlog.
+        assert_eq!(c.read(&mut got).expect("echo after resume"), 1);
+        assert_eq!(&got, b"1");
+    }
+    assert!(waiting_count > 0);
+}
+
+#[test]
+fn backpressure_a_peer_that_never_reads_keeps_server_rss_bounded() {
+    let server = Server::start(
+        &[],
+        &["echo", "--addr", "127.0.0.1:0", "--high-water", "1048576"],
+    );
+    let baseline = server.rss_kib();
+    let mut c = TcpStream::connect(server.addr).expect("connect");
+    c.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut sent = 0usize;
+    let mut last_progress = Instant::now();
+    while sent < 1 << 30 && last_progress.elapsed() < Duration::from_secs(1) {
+        match c.write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let grown = server.rss_kib().saturating_sub(baseline);
+    assert!(
+        sent < 128 << 20,
+        "the peer was held back after {sent} bytes"
+    );
+    assert!(grown < 16 * 1024, "server RSS grew by {grown} KiB");
+}
