@@ -21,6 +21,8 @@ pub(crate) struct Connection<S> {
     pub(crate) state: S,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) idle_timer: Option<TimerId>,
+    /// The connect timeout of an outbound connection still connecting.
+    pub(crate) connect_timer: Option<TimerId>,
     pub(crate) last_active_ns: u64,
     /// The interest currently registered (level-triggered mode only).
     pub(crate) interest: u32,
@@ -52,6 +54,10 @@ pub(crate) struct Flags {
     pub(crate) closing: Option<CloseReason>,
     /// The loop is stopping: read and drop input, close as `Shutdown`.
     pub(crate) stopping: bool,
+    /// Made by `connect`, not accepted.
+    pub(crate) outbound: bool,
+    /// An outbound connect is in progress.
+    pub(crate) connecting: bool,
 }
 
 impl<S: Default> Connection<S> {
@@ -63,6 +69,7 @@ impl<S: Default> Connection<S> {
             state: S::default(),
             peer,
             idle_timer: None,
+            connect_timer: None,
             last_active_ns: now_ns,
             interest: 0,
             flags: Flags::default(),
@@ -160,6 +167,11 @@ impl<'a, S> Conn<'a, S> {
     /// duplicate raises no events for the loop.
     pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
         socket::duplicate(&self.slot().fd)
+    }
+
+    /// Whether this connection was made by [`Ctx::connect`] rather than accepted.
+    pub fn is_outbound(&self) -> bool {
+        self.slot().flags.outbound
     }
 
     /// The bytes received and not yet consumed.

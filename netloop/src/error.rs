@@ -22,6 +22,9 @@ pub enum Error {
     /// The connection this id named has closed; its slot may hold another.
     #[error("connection {0} is closed")]
     StaleConn(ConnId),
+    /// The connection pool is full.
+    #[error("the connection pool is full")]
+    PoolFull,
     /// The loop has stopped and no longer takes commands.
     #[error("the event loop has stopped")]
     LoopStopped,

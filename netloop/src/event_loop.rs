@@ -75,6 +75,8 @@ pub struct Config {
     pub accepts_per_event: usize,
     /// How long a graceful stop lets connections drain.
     pub stop_timeout: Duration,
+    /// How long an outbound connect may take ([`CloseReason::ConnectTimeout`]).
+    pub connect_timeout: Duration,
     /// Set `TCP_NODELAY` on accepted connections.
     pub nodelay: bool,
     /// Spare buffers kept for reuse.
@@ -97,6 +99,7 @@ impl Default for Config {
             accept_backoff: Duration::from_millis(200),
             accepts_per_event: 64,
             stop_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
             nodelay: true,
             spare_buffers: 1024,
         }
@@ -281,6 +284,18 @@ impl<S> Ctx<'_, S> {
     }
 }
 
+impl<S: Default> Ctx<'_, S> {
+    /// Starts an outbound connection to `addr`. The handler's `on_open`
+    /// runs once it is connected; a failure or a timeout arrives as
+    /// `on_close` with [`CloseReason::ConnectFailed`] or
+    /// [`CloseReason::ConnectTimeout`]. Output written before then is sent
+    /// once the connection is up.
+    pub fn connect(&mut self, addr: SocketAddr) -> Result<ConnId, Error> {
+        self.core.connect(addr)
+    }
+
+}
+
 /// One event loop with its handler.
 pub struct EventLoop<H: Handler> {
     core: Core<H::State>,
@@ -379,6 +394,11 @@ impl<H: Handler> EventLoop<H> {
         stream.set_nonblocking(true)?;
         let peer = stream.peer_addr().ok();
         self.open_connection(OwnedFd::from(stream), peer)
+    }
+
+    /// Starts an outbound connection, as [`Ctx::connect`] does.
+    pub fn connect(&mut self, addr: SocketAddr) -> Result<ConnId, Error> {
+        self.core.connect(addr)
     }
 
     /// A handle for other threads.
@@ -490,6 +510,9 @@ impl<H: Handler> EventLoop<H> {
             return;
         }
         let bits = event.events;
+        if self.core.pool.get(id).is_some_and(|c| c.flags.connecting) && !self.finish_connect(id, bits) {
+            return;
+        }
         // ERR and HUP count as both directions, as in nginx.
         if bits & (READABLE | READ_HUP | HUP | ERROR) != 0 {
             self.on_readable(id, bits & (READ_HUP | HUP | ERROR) != 0);
@@ -579,7 +602,7 @@ impl<H: Handler> EventLoop<H> {
             Ok(id) => id,
             Err(_) => {
                 self.core.stats.count_close(CloseReason::PoolFull);
-                return Err(io::Error::other("connection pool is full").into());
+                return Err(Error::PoolFull);
             }
         };
         let interest = self.core.initial_interest();
@@ -606,6 +629,37 @@ impl<H: Handler> EventLoop<H> {
         ));
         self.after_callback(id);
         Ok(id)
+    }
+
+    /// Completes an outbound connect on its first readiness event; returns
+    /// whether the connection is up and the event should be dispatched.
+    fn finish_connect(&mut self, id: ConnId, bits: u32) -> bool {
+        let Some(conn) = self.core.pool.get_mut(id) else {
+            return false;
+        };
+        let failed = match socket::take_error(&conn.fd) {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => bits & (ERROR | HUP) != 0,
+        };
+        if failed {
+            self.core.request_close(id, CloseReason::ConnectFailed, true);
+            self.drain_closes();
+            return false;
+        }
+        if bits & (WRITABLE | READABLE) == 0 {
+            return false;
+        }
+        conn.flags.connecting = false;
+        if let Some(timer) = conn.connect_timer.take() {
+            self.core.timers.cancel(timer);
+        }
+        self.core.stats.connected += 1;
+        self.core.arm_idle_timer(id);
+        self.core.update_interest(id);
+        self.handler
+            .on_open(&mut Conn::new(Ctx { core: &mut self.core }, id));
+        self.after_callback(id);
+        self.core.pool.contains(id)
     }
 
     fn on_readable(&mut self, id: ConnId, hangup: bool) {
@@ -730,7 +784,7 @@ impl<H: Handler> EventLoop<H> {
         // Deleting explicitly matters when the fd was dup'd: close alone
         // would leave the registration alive for the duplicate.
         let _ = self.core.epoll.delete(conn.fd.as_raw_fd());
-        if let Some(timer) = conn.idle_timer.take() {
+        for timer in [conn.idle_timer.take(), conn.connect_timer.take()].into_iter().flatten() {
             self.core.timers.cancel(timer);
         }
         conn.input.consume(usize::MAX);
@@ -846,6 +900,12 @@ impl<H: Handler> EventLoop<H> {
                             data,
                         );
                         self.after_callback(conn);
+                    }
+                }
+                TimerKind::ConnectTimeout(id) => {
+                    if self.core.pool.get(id).is_some_and(|c| c.flags.connecting) {
+                        self.core.request_close(id, CloseReason::ConnectTimeout, true);
+                        self.drain_closes();
                     }
                 }
                 TimerKind::AcceptResume => {
@@ -977,11 +1037,15 @@ impl<S> Core<S> {
             return;
         };
         let mut wanted = READ_HUP;
-        if !conn.flags.read_paused && !conn.flags.peer_closed {
-            wanted |= READABLE;
-        }
-        if !conn.output.is_empty() {
+        if conn.flags.connecting {
             wanted |= WRITABLE;
+        } else {
+            if !conn.flags.read_paused && !conn.flags.peer_closed {
+                wanted |= READABLE;
+            }
+            if !conn.output.is_empty() {
+                wanted |= WRITABLE;
+            }
         }
         if wanted != conn.interest {
             conn.interest = wanted;
@@ -1044,6 +1108,10 @@ impl<S> Core<S> {
     /// failure.
     fn write_out(&mut self, id: ConnId) -> Option<CloseReason> {
         let conn = self.pool.get_mut(id)?;
+        if conn.flags.connecting {
+            // Output queued before the connect completes waits for it.
+            return None;
+        }
         conn.flags.write_blocked = false;
         while !conn.output.is_empty() {
             self.stats.write_calls += 1;
@@ -1184,5 +1252,43 @@ impl<S> Core<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: Default> Core<S> {
+    fn connect(&mut self, addr: SocketAddr) -> Result<ConnId, Error> {
+        if self.pool.is_full() {
+            return Err(Error::PoolFull);
+        }
+        let fd = socket::connect(addr)?;
+        if self.config.nodelay {
+            let _ = socket::set_nodelay(&fd);
+        }
+        let mut conn = Connection::new(fd, Some(addr), self.now_ns);
+        conn.flags.outbound = true;
+        conn.flags.connecting = true;
+        let id = self.pool.insert(conn).map_err(|_| Error::PoolFull)?;
+        let interest = match self.config.trigger {
+            Trigger::Edge => self.initial_interest(),
+            Trigger::Level => WRITABLE | READ_HUP,
+        };
+        let deadline = self
+            .now_ns
+            .saturating_add(duration_ns(self.config.connect_timeout));
+        let timer = self.timers.insert(deadline, TimerKind::ConnectTimeout(id));
+        let registered = match self.pool.get_mut(id) {
+            Some(conn) => {
+                conn.interest = interest;
+                conn.connect_timer = Some(timer);
+                self.epoll.add(conn.fd.as_raw_fd(), id.to_u64(), interest)
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = registered {
+            self.timers.cancel(timer);
+            self.pool.remove(id);
+            return Err(e.into());
+        }
+        Ok(id)
     }
 }

@@ -28,11 +28,15 @@ pub enum CloseReason {
     InputLimit,
     /// Queued output passed the per-connection output limit (a slow reader).
     OutputLimit,
+    /// An outbound connection was refused or failed to connect.
+    ConnectFailed,
+    /// An outbound connection did not connect within the connect timeout.
+    ConnectTimeout,
 }
 
 impl CloseReason {
     /// Every reason, in the order [`Stats::closed`] counts them.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::IdleTimeout,
@@ -44,6 +48,8 @@ impl CloseReason {
         CloseReason::ProtocolError,
         CloseReason::InputLimit,
         CloseReason::OutputLimit,
+        CloseReason::ConnectFailed,
+        CloseReason::ConnectTimeout,
     ];
 
     /// A short lowercase name, for logs and tables.
@@ -60,6 +66,8 @@ impl CloseReason {
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InputLimit => "input_limit",
             CloseReason::OutputLimit => "output_limit",
+            CloseReason::ConnectFailed => "connect_failed",
+            CloseReason::ConnectTimeout => "connect_timeout",
         }
     }
 
@@ -79,6 +87,8 @@ impl fmt::Display for CloseReason {
 pub struct Stats {
     /// Connections accepted into the pool.
     pub accepted: u64,
+    /// Outbound connections that completed their connect.
+    pub connected: u64,
     /// Connections closed, indexed like [`CloseReason::ALL`].
     pub closed: [u64; CloseReason::ALL.len()],
     /// Events dropped whole because their token's generation was stale on
@@ -122,6 +132,7 @@ impl Stats {
     /// Adds another loop's counters to these (for per-process totals).
     pub fn merge(&mut self, other: &Stats) {
         self.accepted += other.accepted;
+        self.connected += other.connected;
         for (mine, theirs) in self.closed.iter_mut().zip(other.closed.iter()) {
             *mine += theirs;
         }

@@ -24,6 +24,8 @@ pub(crate) enum TimerKind {
     Idle(ConnId),
     /// A timer the handler set on a connection, with its user data.
     User { conn: ConnId, data: u64 },
+    /// Give up on an outbound connect still in progress.
+    ConnectTimeout(ConnId),
     /// Resume accepting after a pause (EMFILE and friends).
     AcceptResume,
     /// The graceful-stop deadline: close whatever is still open.

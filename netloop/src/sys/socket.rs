@@ -44,6 +44,23 @@ pub fn listen(addr: SocketAddr, options: ListenOptions) -> io::Result<TcpListene
     Ok(socket.into())
 }
 
+/// Starts a non-blocking, close-on-exec connect to `addr`. The connect
+/// usually completes later: the socket turns writable, and `SO_ERROR` tells
+/// whether it succeeded ([`take_error`]).
+pub fn connect(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
 /// Accepts one connection as a non-blocking, close-on-exec socket, in one
 /// `accept4` call. Returns the socket and the peer's address.
 pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
