@@ -1,6 +1,7 @@
 //! `netloop`: servers built on the netloop event core.
 
 mod echo;
+mod load;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,9 @@ struct Cli {
 enum Command {
     /// Run an echo server: every byte received is sent back.
     Echo(echo::EchoArgs),
+    /// Generate load against a server and report throughput and latency.
+    #[command(subcommand)]
+    Load(load::LoadCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -24,6 +28,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => echo::run(args),
+        Command::Load(command) => load::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

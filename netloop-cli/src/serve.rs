@@ -21,9 +21,15 @@ pub enum ServeError {
     /// A system call outside the loop failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The loop's thread panicked.
-    #[error("the event loop thread panicked")]
+    /// A thread panicked.
+    #[error("a netloop thread panicked")]
     Panicked,
+    /// The options do not make sense together.
+    #[error("{0}")]
+    Usage(String),
+    /// The load generator saw wrong bytes or lost connections.
+    #[error("{0} verification error(s)")]
+    Verification(u64),
 }
 
 /// The options every server takes.

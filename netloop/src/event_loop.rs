@@ -293,7 +293,6 @@ impl<S: Default> Ctx<'_, S> {
     pub fn connect(&mut self, addr: SocketAddr) -> Result<ConnId, Error> {
         self.core.connect(addr)
     }
-
 }
 
 /// One event loop with its handler.
@@ -510,7 +509,9 @@ impl<H: Handler> EventLoop<H> {
             return;
         }
         let bits = event.events;
-        if self.core.pool.get(id).is_some_and(|c| c.flags.connecting) && !self.finish_connect(id, bits) {
+        if self.core.pool.get(id).is_some_and(|c| c.flags.connecting)
+            && !self.finish_connect(id, bits)
+        {
             return;
         }
         // ERR and HUP count as both directions, as in nginx.
@@ -642,7 +643,8 @@ impl<H: Handler> EventLoop<H> {
             Ok(None) => bits & (ERROR | HUP) != 0,
         };
         if failed {
-            self.core.request_close(id, CloseReason::ConnectFailed, true);
+            self.core
+                .request_close(id, CloseReason::ConnectFailed, true);
             self.drain_closes();
             return false;
         }
@@ -656,8 +658,12 @@ impl<H: Handler> EventLoop<H> {
         self.core.stats.connected += 1;
         self.core.arm_idle_timer(id);
         self.core.update_interest(id);
-        self.handler
-            .on_open(&mut Conn::new(Ctx { core: &mut self.core }, id));
+        self.handler.on_open(&mut Conn::new(
+            Ctx {
+                core: &mut self.core,
+            },
+            id,
+        ));
         self.after_callback(id);
         self.core.pool.contains(id)
     }
@@ -784,7 +790,10 @@ impl<H: Handler> EventLoop<H> {
         // Deleting explicitly matters when the fd was dup'd: close alone
         // would leave the registration alive for the duplicate.
         let _ = self.core.epoll.delete(conn.fd.as_raw_fd());
-        for timer in [conn.idle_timer.take(), conn.connect_timer.take()].into_iter().flatten() {
+        for timer in [conn.idle_timer.take(), conn.connect_timer.take()]
+            .into_iter()
+            .flatten()
+        {
             self.core.timers.cancel(timer);
         }
         conn.input.consume(usize::MAX);
@@ -904,7 +913,8 @@ impl<H: Handler> EventLoop<H> {
                 }
                 TimerKind::ConnectTimeout(id) => {
                     if self.core.pool.get(id).is_some_and(|c| c.flags.connecting) {
-                        self.core.request_close(id, CloseReason::ConnectTimeout, true);
+                        self.core
+                            .request_close(id, CloseReason::ConnectTimeout, true);
                         self.drain_closes();
                     }
                 }

@@ -39,9 +39,15 @@ impl Handler for Greeter {
     }
 }
 
-fn echo_server() -> (SocketAddr, netloop::LoopHandle<()>, std::thread::JoinHandle<()>) {
+fn echo_server() -> (
+    SocketAddr,
+    netloop::LoopHandle<()>,
+    std::thread::JoinHandle<()>,
+) {
     let mut server = EventLoop::new(Config::default(), Echo).expect("server");
-    let addr = server.listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let addr = server
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
     let handle = server.handle();
     let thread = std::thread::spawn(move || server.run().expect("run"));
     (addr, handle, thread)
@@ -57,7 +63,10 @@ fn connect_completes_then_output_written_before_and_after_is_delivered() {
     turn_until(&mut client, LIMIT, |l| l.handler().received.len() == 11);
     assert_eq!(client.handler().opened, vec![id]);
     let received = String::from_utf8(client.handler().received.clone()).expect("utf8");
-    assert!(received == "hello world" || received == " worldhello", "{received}");
+    assert!(
+        received == "hello world" || received == " worldhello",
+        "{received}"
+    );
     assert_eq!(client.stats().connected, 1);
     client.handle().close(id).expect("close");
     turn_until(&mut client, LIMIT, |l| l.connection_count() == 0);
@@ -67,11 +76,17 @@ fn connect_completes_then_output_written_before_and_after_is_delivered() {
 
 #[test]
 fn refused_connect_closes_with_connect_failed() {
-    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let mut client = EventLoop::new(Config::default(), Greeter::default()).expect("client");
     let id = client.connect(port).expect("connect starts");
     turn_until(&mut client, LIMIT, |l| !l.handler().closed.is_empty());
-    assert_eq!(client.handler().closed, vec![(id, CloseReason::ConnectFailed)]);
+    assert_eq!(
+        client.handler().closed,
+        vec![(id, CloseReason::ConnectFailed)]
+    );
     assert!(client.handler().opened.is_empty());
 }
 
@@ -79,10 +94,17 @@ fn refused_connect_closes_with_connect_failed() {
 fn connect_that_never_completes_times_out() {
     // A listener whose tiny backlog is full drops further SYNs, so the next
     // connect stays in progress.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into()).expect("bind");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+        .expect("bind");
     socket.listen(0).expect("listen");
-    let addr = socket.local_addr().expect("addr").as_socket().expect("inet");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
     let mut fillers = Vec::new();
     for _ in 0..4 {
         if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
@@ -96,5 +118,8 @@ fn connect_that_never_completes_times_out() {
     let mut client = EventLoop::new(config, Greeter::default()).expect("client");
     let id = client.connect(addr).expect("connect starts");
     turn_until(&mut client, LIMIT, |l| !l.handler().closed.is_empty());
-    assert_eq!(client.handler().closed, vec![(id, CloseReason::ConnectTimeout)]);
+    assert_eq!(
+        client.handler().closed,
+        vec![(id, CloseReason::ConnectTimeout)]
+    );
 }
