@@ -330,7 +330,7 @@ impl EchoLoad {
                 tracing::error!(conn = state.number, position, "echo verification failed");
                 return None;
             }
-            if (position + 1) % size == 0 {
+            if (position + 1).is_multiple_of(size) {
                 if let Some(sent_at) = state.in_flight.pop_front() {
                     let nanos = now.saturating_duration_since(sent_at).as_nanos() as u64;
                     let _ = self.report.latency.record(nanos.max(1));
