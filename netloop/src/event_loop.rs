@@ -295,18 +295,22 @@ impl<S: Default> Ctx<'_, S> {
     }
 }
 
+/// Where an acceptor loop sends the connections it accepts.
+type Handoff = Box<dyn FnMut(OwnedFd, Option<SocketAddr>)>;
+
 /// One event loop with its handler.
 pub struct EventLoop<H: Handler> {
     core: Core<H::State>,
     handler: H,
     events: Events,
+    handoff: Option<Handoff>,
 }
 
 impl<H: Handler> EventLoop<H> {
     /// Creates a loop (epoll, waker, empty pool) serving connections with `handler`.
     pub fn new(config: Config, handler: H) -> Result<Self, Error> {
         let epoll = Epoll::new()?;
-        let shared = Arc::new(Shared::new()?);
+        let shared = Arc::new(Shared::new(config.max_connections)?);
         epoll.add(
             shared.eventfd().as_raw_fd(),
             ConnId::new(WAKER_INDEX, 0).to_u64(),
@@ -340,6 +344,7 @@ impl<H: Handler> EventLoop<H> {
             core,
             handler,
             events,
+            handoff: None,
         })
     }
 
@@ -349,6 +354,23 @@ impl<H: Handler> EventLoop<H> {
         let socket = socket::listen(addr, socket::ListenOptions::default())
             .map_err(|source| Error::Listen { addr, source })?;
         self.add_listener(socket, false)
+    }
+
+    /// Binds a listener with explicit options (`SO_REUSEPORT`, backlog).
+    pub fn listen_with(
+        &mut self,
+        addr: SocketAddr,
+        options: socket::ListenOptions,
+    ) -> Result<SocketAddr, Error> {
+        let socket =
+            socket::listen(addr, options).map_err(|source| Error::Listen { addr, source })?;
+        self.add_listener(socket, false)
+    }
+
+    /// Makes this loop an acceptor: every connection it accepts is passed to
+    /// `handoff` (which gives it to another loop) instead of being served here.
+    pub(crate) fn set_handoff(&mut self, handoff: Handoff) {
+        self.handoff = Some(handoff);
     }
 
     /// Accepts from an already bound, non-blocking listener. With
@@ -557,6 +579,11 @@ impl<H: Handler> EventLoop<H> {
             let fd = self.core.listeners[listener].socket.as_raw_fd();
             match socket::accept(fd) {
                 Ok((stream, peer)) => {
+                    if let Some(handoff) = self.handoff.as_mut() {
+                        self.core.stats.accepted += 1;
+                        handoff(stream, peer);
+                        continue;
+                    }
                     if self.core.pool.is_full() {
                         self.core.stats.count_close(CloseReason::PoolFull);
                         tracing::debug!(?peer, "pool full: connection closed");
@@ -621,6 +648,7 @@ impl<H: Handler> EventLoop<H> {
             return Err(e.into());
         }
         self.core.stats.accepted += 1;
+        self.core.shared.publish_open(id);
         self.core.arm_idle_timer(id);
         self.handler.on_open(&mut Conn::new(
             Ctx {
@@ -656,6 +684,7 @@ impl<H: Handler> EventLoop<H> {
             self.core.timers.cancel(timer);
         }
         self.core.stats.connected += 1;
+        self.core.shared.publish_open(id);
         self.core.arm_idle_timer(id);
         self.core.update_interest(id);
         self.handler.on_open(&mut Conn::new(
@@ -782,6 +811,7 @@ impl<H: Handler> EventLoop<H> {
         let Some(mut conn) = self.core.pool.remove(id) else {
             return;
         };
+        self.core.shared.publish_close(id);
         let reason = if conn.flags.stopping && reason != CloseReason::Reset {
             CloseReason::Shutdown
         } else {
@@ -961,10 +991,27 @@ impl<H: Handler> EventLoop<H> {
             match command {
                 Command::Stop => self.core.begin_stop(),
                 Command::Write(id, bytes) => {
-                    // The connection may have closed since; that is not an error here.
-                    let _ = self.core.queue_output(id, &bytes);
+                    if self.core.queue_output(id, &bytes).is_err() {
+                        self.core.stats.stale_commands += 1;
+                    }
                 }
-                Command::Close(id) => self.core.request_close(id, CloseReason::Closed, false),
+                Command::Close(id) => {
+                    if self.core.pool.contains(id) {
+                        self.core.request_close(id, CloseReason::Closed, false);
+                    } else {
+                        self.core.stats.stale_commands += 1;
+                    }
+                }
+                Command::Adopt(fd, peer) => {
+                    if self.core.stopping {
+                        continue;
+                    }
+                    if self.core.pool.is_full() {
+                        self.core.stats.count_close(CloseReason::PoolFull);
+                    } else if let Err(e) = self.open_connection(fd, peer) {
+                        tracing::warn!(error = %e, "cannot adopt connection");
+                    }
+                }
                 Command::Run(task) => task(&mut Ctx {
                     core: &mut self.core,
                 }),

@@ -41,6 +41,7 @@ pub mod echo;
 mod error;
 mod event_loop;
 mod pool;
+pub mod server;
 mod stats;
 pub mod sys;
 mod timer;

@@ -98,6 +98,9 @@ pub struct Stats {
     /// the connection (the case nginx 1.1.9 fixed). Normal after a close
     /// during a read; counted apart so `stale_events` stays meaningful.
     pub stale_write_halves: u64,
+    /// Cross-thread commands dropped because their connection closed
+    /// between the handle's check and the loop's turn.
+    pub stale_commands: u64,
     /// Times accepting was paused because the process ran out of descriptors.
     pub accept_pauses: u64,
     /// Bytes read from connections.
@@ -139,6 +142,7 @@ impl Stats {
         self.stale_events += other.stale_events;
         self.stale_write_halves += other.stale_write_halves;
         self.accept_pauses += other.accept_pauses;
+        self.stale_commands += other.stale_commands;
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
         self.wait_calls += other.wait_calls;

@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Error;
@@ -20,23 +22,59 @@ pub(crate) enum Command<S> {
     Write(ConnId, Vec<u8>),
     Close(ConnId),
     Run(Task<S>),
+    Adopt(OwnedFd, Option<SocketAddr>),
 }
+
+/// No connection: the value a slot's published id has while it is free.
+const FREE: u64 = u64::MAX;
 
 pub(crate) struct Shared<S> {
     eventfd: EventFd,
     woken: AtomicBool,
     stopped: AtomicBool,
     inbox: Mutex<Vec<Command<S>>>,
+    /// The id of each slot's current occupant, published by the loop on
+    /// every open and close, so another thread can tell a stale `ConnId`
+    /// at once instead of having its bytes silently dropped later.
+    occupants: Box<[AtomicU64]>,
 }
 
 impl<S> Shared<S> {
-    pub(crate) fn new() -> io::Result<Self> {
+    pub(crate) fn new(slots: usize) -> io::Result<Self> {
         Ok(Self {
             eventfd: EventFd::new()?,
             woken: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             inbox: Mutex::new(Vec::new()),
+            occupants: (0..slots).map(|_| AtomicU64::new(FREE)).collect(),
         })
+    }
+
+    /// Records that `id` now occupies its slot.
+    pub(crate) fn publish_open(&self, id: ConnId) {
+        if let Some(slot) = self.occupants.get(id.index() as usize) {
+            slot.store(id.to_u64(), Ordering::Release);
+        }
+    }
+
+    /// Records that `id` has left its slot.
+    pub(crate) fn publish_close(&self, id: ConnId) {
+        if let Some(slot) = self.occupants.get(id.index() as usize) {
+            slot.store(FREE, Ordering::Release);
+        }
+    }
+
+    fn is_open(&self, id: ConnId) -> bool {
+        self.occupants
+            .get(id.index() as usize)
+            .is_some_and(|slot| slot.load(Ordering::Acquire) == id.to_u64())
+    }
+
+    fn send_to(&self, id: ConnId, command: Command<S>) -> Result<(), Error> {
+        if !self.is_open(id) {
+            return Err(Error::StaleConn(id));
+        }
+        self.send(command)
     }
 
     pub(crate) fn eventfd(&self) -> &EventFd {
@@ -115,13 +153,35 @@ impl<S> LoopHandle<S> {
     }
 
     /// Queues `bytes` for the connection `id`.
+    ///
+    /// `Err(StaleConn)` if the connection has already closed, even if its
+    /// slot holds a new connection. A connection that closes after this
+    /// check but before the loop's next turn drops the bytes; the loop
+    /// counts that in [`Stats::stale_commands`](crate::Stats::stale_commands).
     pub fn write(&self, id: ConnId, bytes: Vec<u8>) -> Result<(), Error> {
-        self.shared.send(Command::Write(id, bytes))
+        self.shared.send_to(id, Command::Write(id, bytes))
     }
 
-    /// Closes the connection `id` once its queued output is written.
+    /// Closes the connection `id` once its queued output is written;
+    /// `Err(StaleConn)` if it has already closed.
     pub fn close(&self, id: ConnId) -> Result<(), Error> {
-        self.shared.send(Command::Close(id))
+        self.shared.send_to(id, Command::Close(id))
+    }
+
+    /// Whether `id` names a connection that is open now.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.shared.is_open(id)
+    }
+
+    /// Hands a connected socket to the loop, which serves it as if it had
+    /// accepted it (the acceptor-and-loops mode).
+    pub fn adopt(&self, stream: TcpStream) -> Result<(), Error> {
+        let peer = stream.peer_addr().ok();
+        self.adopt_fd(OwnedFd::from(stream), peer)
+    }
+
+    pub(crate) fn adopt_fd(&self, fd: OwnedFd, peer: Option<SocketAddr>) -> Result<(), Error> {
+        self.shared.send(Command::Adopt(fd, peer))
     }
 
     /// Runs `task` on the loop's thread.
