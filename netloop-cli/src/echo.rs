@@ -1,6 +1,7 @@
 //! `netloop echo`.
 
 use clap::Args;
+use netloop::echo::Echo;
 
 use crate::serve::{ServeError, ServerArgs, serve};
 
@@ -13,5 +14,5 @@ pub struct EchoArgs {
 
 /// Runs the echo server until SIGINT or SIGTERM.
 pub fn run(args: EchoArgs) -> Result<(), ServeError> {
-    serve(&args.server, || netloop::echo::Echo)
+    serve(&args.server, |_| Echo, Some(|_| Echo))
 }

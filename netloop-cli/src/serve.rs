@@ -3,14 +3,15 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerHandler};
+use netloop::server::{Dispatch, Mode, Server, ServerConfig};
 use netloop::sys::rlimit;
 use netloop::sys::signal::{SIGINT, SIGTERM, SignalFd};
-use netloop::{Config, EventLoop, Handler, PoolFullPolicy, Trigger};
+use netloop::{Config, Handler, PoolFullPolicy, Stats, Trigger};
 
 /// Errors a server subcommand reports before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,16 @@ pub struct ServerArgs {
     /// Seconds a graceful stop lets connections drain.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub stop_timeout: f64,
+    /// Event loop threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// How the threads share the work.
+    #[arg(long, value_enum, default_value_t = ModeArg::Reuseport)]
+    pub mode: ModeArg,
+    /// In reuseport mode: one shared listener registered with EPOLLEXCLUSIVE
+    /// instead of a SO_REUSEPORT listener per loop.
+    #[arg(long)]
+    pub exclusive: bool,
     /// Queued output (bytes) above which a connection stops being read.
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     pub high_water: usize,
@@ -67,6 +78,17 @@ pub enum PoolFull {
     Backlog,
 }
 
+/// `--mode` values.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeArg {
+    /// A loop per thread, each with its own SO_REUSEPORT listener.
+    Reuseport,
+    /// One acceptor thread handing connections to the loops round-robin.
+    Acceptor,
+    /// One epoll shared by worker threads, sockets armed EPOLLONESHOT.
+    Oneshot,
+}
+
 /// `--trigger` values.
 #[derive(ValueEnum, Debug, Clone, Copy)]
 pub enum TriggerArg {
@@ -77,6 +99,13 @@ pub enum TriggerArg {
 }
 
 impl ServerArgs {
+    /// The thread count, defaulting to the number of cores.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| thread::available_parallelism().map_or(1, usize::from))
+            .max(1)
+    }
+
     /// The loop configuration these options describe.
     pub fn config(&self) -> Config {
         let defaults = Config::default();
@@ -99,12 +128,28 @@ impl ServerArgs {
     }
 }
 
-/// Runs the handler `make_handler` builds on one loop listening on
-/// `args.addr` until SIGINT or SIGTERM, then stops gracefully.
-pub fn serve<H, F>(args: &ServerArgs, make_handler: F) -> Result<(), ServeError>
+/// A server started by one of the modes, seen the same way by `serve`.
+struct Running {
+    addr: SocketAddr,
+    stop: Box<dyn Fn() + Send + Sync>,
+    join: Box<dyn FnOnce() -> Result<Vec<Stats>, netloop::Error>>,
+}
+
+/// Runs a server in the mode `args` picks until SIGINT or SIGTERM, then
+/// stops it gracefully. `make_handler(loop_index)` builds each loop's handler;
+/// `make_worker`, when the protocol has one, each one-shot worker's.
+pub fn serve<H, F, W, G>(
+    args: &ServerArgs,
+    make_handler: F,
+    make_worker: Option<G>,
+) -> Result<(), ServeError>
 where
     H: Handler + 'static,
-    F: FnOnce() -> H + Send + 'static,
+    H::State: 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+    W: WorkerHandler + 'static,
+    W::State: 'static,
+    G: Fn(usize) -> W + Send + Sync + 'static,
 {
     match rlimit::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(soft = limit.soft, hard = limit.hard, "RLIMIT_NOFILE"),
@@ -113,47 +158,70 @@ where
     // Blocked before any thread starts, so every thread inherits the mask and
     // the signals arrive only through the signalfd.
     let signals = SignalFd::block(&[SIGINT, SIGTERM])?;
-    let config = args.config();
-    let listen_addr = args.addr;
-    let (ready_tx, ready_rx) = mpsc::channel();
-    // The loop is built on its own thread so that handler state never has
-    // to be `Send`.
-    let server = thread::Builder::new().name("netloop-loop".into()).spawn(
-        move || -> Result<(), ServeError> {
-            let started = EventLoop::new(config, make_handler()).and_then(|mut event_loop| {
-                let addr = event_loop.listen(listen_addr)?;
-                Ok((event_loop, addr))
-            });
-            let mut event_loop = match started {
-                Ok((event_loop, addr)) => {
-                    // The receiver waits for exactly this message.
-                    let _ = ready_tx.send(Some((addr, event_loop.handle())));
-                    event_loop
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(None);
-                    return Err(e.into());
-                }
+    let running = match args.mode {
+        ModeArg::Oneshot => {
+            let make_worker = make_worker
+                .ok_or_else(|| ServeError::Usage("this server has no one-shot mode".into()))?;
+            let config = OneShotConfig {
+                threads: args.threads(),
+                max_connections: args.max_connections,
+                high_water: args.high_water,
+                stop_timeout: Duration::from_secs_f64(args.stop_timeout.max(0.0)),
+                ..OneShotConfig::default()
             };
-            let result = event_loop.run();
-            tracing::info!(stats = ?event_loop.stats(), "stopped");
-            Ok(result?)
-        },
-    )?;
-    let Ok(Some((addr, handle))) = ready_rx.recv() else {
-        return server.join().map_err(|_| ServeError::Panicked)?;
+            let server = OneShotServer::start(args.addr, config, make_worker)?;
+            let stop = server.stopper();
+            Running {
+                addr: server.local_addr(),
+                stop: Box::new(move || stop()),
+                join: Box::new(move || server.join()),
+            }
+        }
+        _ => {
+            let config = ServerConfig {
+                threads: args.threads(),
+                mode: match (args.mode, args.exclusive) {
+                    (ModeArg::Acceptor, _) => Mode::Acceptor,
+                    (_, true) => Mode::Exclusive,
+                    _ => Mode::ReusePort,
+                },
+                dispatch: Dispatch::RoundRobin,
+                loop_config: args.config(),
+            };
+            let server = Server::start(args.addr, config, make_handler)?;
+            let stopper = server.stopper();
+            Running {
+                addr: server.local_addr(),
+                stop: Box::new(move || stopper.stop()),
+                join: Box::new(move || server.join()),
+            }
+        }
     };
-    announce(addr)?;
+    announce(running.addr)?;
+    let stop = running.stop;
     thread::Builder::new()
         .name("netloop-signals".into())
         .spawn(move || {
             if let Ok(signal) = signals.wait() {
                 tracing::info!(signal, "stopping");
-                // The loop may already be gone; there is nothing left to stop then.
-                let _ = handle.stop();
+                stop();
             }
         })?;
-    server.join().map_err(|_| ServeError::Panicked)?
+    let per_loop = (running.join)()?;
+    let mut total = Stats::default();
+    for (index, stats) in per_loop.iter().enumerate() {
+        tracing::debug!(loop_index = index, ?stats, "loop stopped");
+        total.merge(stats);
+    }
+    tracing::info!(
+        accepted = total.accepted,
+        closed = total.closed_total(),
+        stale_events = total.stale_events,
+        bytes_read = total.bytes_read,
+        bytes_written = total.bytes_written,
+        "stopped"
+    );
+    Ok(())
 }
 
 /// Prints the bound address as the first line of stdout, for scripts and tests.

@@ -210,13 +210,29 @@ fn emfile_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
         }
     }
     let waiting_count = waiting.len();
-    for c in &mut waiting {
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut got = [0u8; 1];
-        // Their first byte was sent while they waited in the backlog.
-        assert_eq!(c.read(&mut got).expect("echo after resume"), 1);
-        assert_eq!(&got, b"1");
+    // Each one echoed is then closed, freeing a descriptor for the next.
+    let deadline = Instant::now() + LIMIT;
+    while !waiting.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections never served",
+            waiting.len()
+        );
+        waiting.retain_mut(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let mut got = [0u8; 1];
+            match c.read(&mut got) {
+                // Their first byte was sent while they waited in the backlog.
+                Ok(1) => {
+                    assert_eq!(&got, b"1");
+                    false
+                }
+                Ok(_) => panic!("a waiting connection was closed"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => true,
+                Err(e) => panic!("read: {e}"),
+            }
+        });
     }
     assert!(waiting_count > 0);
 }
@@ -251,4 +267,29 @@ fn backpressure_a_peer_that_never_reads_keeps_server_rss_bounded() {
         "the peer was held back after {sent} bytes"
     );
     assert!(grown < 16 * 1024, "server RSS grew by {grown} KiB");
+}
+
+#[test]
+fn echo_works_in_every_thread_mode_and_stops_on_sigint() {
+    for mode in [
+        &["--mode", "reuseport"][..],
+        &["--mode", "reuseport", "--exclusive"][..],
+        &["--mode", "acceptor"][..],
+        &["--mode", "oneshot"][..],
+    ] {
+        for threads in ["1", "2", "4"] {
+            let mut args = vec!["echo", "--addr", "127.0.0.1:0", "--threads", threads];
+            args.extend_from_slice(mode);
+            let mut server = Server::start(&[], &args);
+            let mut clients: Vec<TcpStream> = (0..20).map(|_| client(server.addr)).collect();
+            for (i, c) in clients.iter_mut().enumerate() {
+                assert!(
+                    echoes(c, format!("{mode:?} {threads} {i}").as_bytes()),
+                    "{args:?}"
+                );
+            }
+            server.signal("INT");
+            assert!(server.wait().success(), "{args:?}");
+        }
+    }
 }

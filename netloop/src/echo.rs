@@ -23,3 +23,11 @@ impl Handler for Echo {
         parts.input.consume(usize::MAX);
     }
 }
+
+impl crate::oneshot::WorkerHandler for Echo {
+    type State = ();
+
+    fn on_data(&mut self, conn: &mut crate::oneshot::WorkerConn<'_, ()>) {
+        conn.echo_input();
+    }
+}

@@ -278,6 +278,11 @@ impl<S> Ctx<'_, S> {
         self.core.pool.len()
     }
 
+    /// A handle to this loop, for a worker thread to answer through.
+    pub fn handle(&self) -> LoopHandle<S> {
+        LoopHandle::new(Arc::clone(&self.core.shared))
+    }
+
     /// Begins a graceful stop, as [`LoopHandle::stop`] does.
     pub fn stop(&mut self) {
         self.core.begin_stop();
@@ -296,7 +301,7 @@ impl<S: Default> Ctx<'_, S> {
 }
 
 /// Where an acceptor loop sends the connections it accepts.
-type Handoff = Box<dyn FnMut(OwnedFd, Option<SocketAddr>)>;
+type Handoff = Box<dyn FnMut(OwnedFd, Option<SocketAddr>) + Send>;
 
 /// One event loop with its handler.
 pub struct EventLoop<H: Handler> {
@@ -684,7 +689,6 @@ impl<H: Handler> EventLoop<H> {
             self.core.timers.cancel(timer);
         }
         self.core.stats.connected += 1;
-        self.core.shared.publish_open(id);
         self.core.arm_idle_timer(id);
         self.core.update_interest(id);
         self.handler.on_open(&mut Conn::new(
@@ -1346,6 +1350,7 @@ impl<S: Default> Core<S> {
             self.pool.remove(id);
             return Err(e.into());
         }
+        self.shared.publish_open(id);
         Ok(id)
     }
 }

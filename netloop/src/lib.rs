@@ -40,6 +40,7 @@ mod conn;
 pub mod echo;
 mod error;
 mod event_loop;
+pub mod oneshot;
 mod pool;
 pub mod server;
 mod stats;

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
+use crate::Conn;
 use crate::error::Error;
 use crate::event_loop::{Config, EventLoop, Handler};
 use crate::stats::Stats;
 use crate::sys::socket::{self, ListenOptions};
 use crate::waker::LoopHandle;
-use crate::Conn;
 
 /// How the loops of a [`Server`] get their connections.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -150,7 +150,11 @@ impl<S: Default + 'static> Server<S> {
     /// Starts `config.threads` loops serving `addr`, each with the handler
     /// `make_handler(loop_index)` builds on that loop's own thread (so the
     /// handler need not be `Send`).
-    pub fn start<H, F>(addr: SocketAddr, config: ServerConfig, make_handler: F) -> Result<Self, Error>
+    pub fn start<H, F>(
+        addr: SocketAddr,
+        config: ServerConfig,
+        make_handler: F,
+    ) -> Result<Self, Error>
     where
         H: Handler<State = S> + 'static,
         F: Fn(usize) -> H + Send + Sync + 'static,
@@ -172,7 +176,10 @@ impl<S: Default + 'static> Server<S> {
             .map(TcpListener::local_addr)
             .transpose()?;
         for index in 0..threads {
-            let shared = shared_listener.as_ref().map(TcpListener::try_clone).transpose()?;
+            let shared = shared_listener
+                .as_ref()
+                .map(TcpListener::try_clone)
+                .transpose()?;
             let mode = config.mode;
             let setup = move |event_loop: &mut EventLoop<H>| -> Result<Option<SocketAddr>, Error> {
                 match (mode, shared) {
@@ -185,13 +192,16 @@ impl<S: Default + 'static> Server<S> {
                             },
                         )
                         .map(Some),
-                    (Mode::Exclusive, Some(listener)) => event_loop.add_listener(listener, true).map(Some),
+                    (Mode::Exclusive, Some(listener)) => {
+                        event_loop.add_listener(listener, true).map(Some)
+                    }
                     _ => Ok(None),
                 }
             };
             let make_handler = Arc::clone(&make_handler);
             let loop_config = config.loop_config.clone();
-            let (thread, ready) = spawn_loop(index, loop_config, move || make_handler(index), setup)?;
+            let (thread, ready) =
+                spawn_loop(index, loop_config, move || make_handler(index), setup)?;
             let (handle, bound) = match ready {
                 Ok(ready) => ready,
                 Err(e) => {
@@ -220,7 +230,8 @@ impl<S: Default + 'static> Server<S> {
             },
             _ => None,
         };
-        let local_addr = local_addr.ok_or_else(|| Error::Io(std::io::Error::other("no listener")))?;
+        let local_addr =
+            local_addr.ok_or_else(|| Error::Io(std::io::Error::other("no listener")))?;
         Ok(Self {
             local_addr,
             handles,
@@ -265,10 +276,10 @@ impl<S: 'static> Server<S> {
     /// in loop order.
     pub fn join(self) -> Result<Vec<Stats>, Error> {
         let mut result = Ok(Vec::with_capacity(self.loops.len()));
-        if let Some((_, thread)) = self.acceptor {
-            if let Err(e) = join_loop(thread) {
-                result = Err(e);
-            }
+        if let Some((_, thread)) = self.acceptor
+            && let Err(e) = join_loop(thread)
+        {
+            result = Err(e);
         }
         for thread in self.loops {
             match (join_loop(thread), &mut result) {
@@ -366,7 +377,8 @@ fn spawn_acceptor<S: 'static>(
     };
     let (thread, ready) = spawn_loop(usize::MAX, acceptor_config, || AcceptOnly, setup)?;
     let (handle, bound) = ready?;
-    let bound = bound.ok_or_else(|| Error::Io(std::io::Error::other("acceptor has no listener")))?;
+    let bound =
+        bound.ok_or_else(|| Error::Io(std::io::Error::other("acceptor has no listener")))?;
     Ok((handle, thread, bound))
 }
 

@@ -113,6 +113,11 @@ pub struct Stats {
     pub read_calls: u64,
     /// `write`/`sendmsg` calls on connections.
     pub write_calls: u64,
+    /// One-shot mode: `epoll_ctl(MOD)` re-arms, one per event served.
+    pub rearms: u64,
+    /// One-shot mode: events whose connection another thread was still
+    /// serving. Always zero unless one-shot exclusivity is broken.
+    pub oneshot_contention: u64,
     /// Turns that found posted work (a budget-limited read or a resume).
     pub posted_runs: u64,
 }
@@ -149,6 +154,8 @@ impl Stats {
         self.read_calls += other.read_calls;
         self.write_calls += other.write_calls;
         self.posted_runs += other.posted_runs;
+        self.rearms += other.rearms;
+        self.oneshot_contention += other.oneshot_contention;
     }
 }
 

@@ -390,8 +390,16 @@ fn stale_conn_id_is_a_clean_error_not_an_action_on_the_new_owner() {
             tx.send(results).expect("send");
         })
         .expect("post");
-    handle.write(old, b"also wrong".to_vec()).expect("queued");
-    handle.close(old).expect("queued");
+    assert!(matches!(
+        handle.write(old, b"also wrong".to_vec()),
+        Err(netloop::Error::StaleConn(id)) if id == old
+    ));
+    assert!(matches!(
+        handle.close(old),
+        Err(netloop::Error::StaleConn(_))
+    ));
+    assert!(!handle.is_open(old));
+    assert!(handle.is_open(new));
     turn_for(&mut event_loop, Duration::from_millis(50));
     assert_eq!(rx.recv().expect("results"), (true, true, true, true, false));
     assert_eq!(
