@@ -278,7 +278,15 @@ fn echo_works_in_every_thread_mode_and_stops_on_sigint() {
         &["--mode", "oneshot"][..],
     ] {
         for threads in ["1", "2", "4"] {
-            let mut args = vec!["echo", "--addr", "127.0.0.1:0", "--threads", threads];
+            let mut args = vec![
+                "echo",
+                "--addr",
+                "127.0.0.1:0",
+                "--threads",
+                threads,
+                "--stop-timeout",
+                "0.5",
+            ];
             args.extend_from_slice(mode);
             let mut server = Server::start(&[], &args);
             let mut clients: Vec<TcpStream> = (0..20).map(|_| client(server.addr)).collect();
