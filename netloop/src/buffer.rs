@@ -6,13 +6,18 @@
 //! from, and returns to, a per-loop [`BufferPool`], so a busy connection does
 //! not call the allocator once per message.
 
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::sys::socket;
+
 /// A growable byte queue: bytes are appended at the back and consumed from
 /// the front.
 #[derive(Default)]
 pub struct Buffer {
+    /// `storage[head..]` is readable; spare capacity is the writable room.
     storage: Vec<u8>,
     head: usize,
-    tail: usize,
 }
 
 impl Buffer {
@@ -21,86 +26,96 @@ impl Buffer {
         Self {
             storage: Vec::new(),
             head: 0,
-            tail: 0,
         }
     }
 
     /// The bytes not yet consumed.
     pub fn as_slice(&self) -> &[u8] {
-        &self.storage[self.head..self.tail]
+        &self.storage[self.head..]
     }
 
     /// The number of bytes not yet consumed.
     pub fn len(&self) -> usize {
-        self.tail - self.head
+        self.storage.len() - self.head
     }
 
     /// Whether no bytes are waiting.
     pub fn is_empty(&self) -> bool {
-        self.head == self.tail
+        self.head == self.storage.len()
     }
 
     /// The bytes of memory this buffer holds (0 when released).
     pub fn capacity(&self) -> usize {
-        self.storage.len()
+        self.storage.capacity()
     }
 
     /// Drops the first `n` readable bytes (all of them if `n` is larger).
     pub fn consume(&mut self, n: usize) {
         let n = n.min(self.len());
         self.head += n;
-        if self.head == self.tail {
+        if self.head == self.storage.len() {
             self.head = 0;
-            self.tail = 0;
+            self.storage.clear();
         }
     }
 
     /// Appends `bytes`, growing the storage from `pool` as needed.
     pub(crate) fn extend_from_slice(&mut self, bytes: &[u8], pool: &mut BufferPool) {
-        self.spare(bytes.len(), pool)[..bytes.len()].copy_from_slice(bytes);
-        self.tail += bytes.len();
+        self.reserve(bytes.len(), pool);
+        self.storage.extend_from_slice(bytes);
     }
 
-    /// Room for at least `min` more bytes at the back; call [`commit`](Self::commit)
-    /// with how many were filled.
-    pub(crate) fn spare(&mut self, min: usize, pool: &mut BufferPool) -> &mut [u8] {
-        if self.storage.is_empty() {
+    /// The readable bytes as a `Vec` to append to (codec encoders write
+    /// straight into it); the consumed prefix is dropped first.
+    pub(crate) fn as_vec(&mut self, pool: &mut BufferPool) -> &mut Vec<u8> {
+        self.reserve(0, pool);
+        if self.head > 0 {
+            self.storage.drain(..self.head);
+            self.head = 0;
+        }
+        &mut self.storage
+    }
+
+    /// Reads from `fd` into room for at least `min_room` bytes; returns the
+    /// bytes read (0 at end of stream) and the room offered, so the caller
+    /// can tell a short read.
+    pub(crate) fn read_from(
+        &mut self,
+        fd: RawFd,
+        min_room: usize,
+        pool: &mut BufferPool,
+    ) -> io::Result<(usize, usize)> {
+        self.reserve(min_room, pool);
+        let room = self.storage.capacity() - self.storage.len();
+        let n = socket::read_append(fd, &mut self.storage)?;
+        Ok((n, room))
+    }
+
+    /// Makes room for `min` more bytes: memory from the pool on first use,
+    /// then sliding the readable bytes to the front when that is enough
+    /// (muduo's `makeSpace`), and growing only when it is not.
+    fn reserve(&mut self, min: usize, pool: &mut BufferPool) {
+        if self.storage.capacity() == 0 {
             self.storage = pool.take(min);
         }
-        if self.storage.len() - self.tail < min {
-            self.make_room(min);
+        let spare = self.storage.capacity() - self.storage.len();
+        if spare >= min {
+            return;
         }
-        &mut self.storage[self.tail..]
-    }
-
-    /// Marks `n` bytes of the spare room as readable.
-    pub(crate) fn commit(&mut self, n: usize) {
-        debug_assert!(self.tail + n <= self.storage.len());
-        self.tail += n;
-    }
-
-    fn make_room(&mut self, min: usize) {
-        let readable = self.len();
-        if self.storage.len() - readable >= min && self.head > 0 {
-            // Enough room in total: slide the readable bytes to the front
-            // instead of growing (muduo's makeSpace).
-            self.storage.copy_within(self.head..self.tail, 0);
-        } else {
-            let wanted = (readable + min).max(self.storage.len() * 2);
-            let mut grown = vec![0u8; wanted];
-            grown[..readable].copy_from_slice(self.as_slice());
-            self.storage = grown;
+        if self.head > 0 && spare + self.head >= min {
+            self.storage.drain(..self.head);
+            self.head = 0;
+            return;
         }
-        self.head = 0;
-        self.tail = readable;
+        let wanted = (self.len() + min).max(self.storage.capacity() * 2);
+        self.storage.reserve(wanted - self.storage.len());
     }
 
     /// Gives the memory back to `pool` if nothing is waiting.
     pub(crate) fn release_if_empty(&mut self, pool: &mut BufferPool) {
-        if self.is_empty() && !self.storage.is_empty() {
+        if self.is_empty() && self.storage.capacity() > 0 {
             pool.give(std::mem::take(&mut self.storage));
             self.head = 0;
-            self.tail = 0;
         }
     }
 }
@@ -145,21 +160,22 @@ impl BufferPool {
         {
             return storage;
         }
-        vec![0u8; min.max(self.chunk)]
+        Vec::with_capacity(min.max(self.chunk))
     }
 
-    fn give(&mut self, storage: Vec<u8>) {
+    fn give(&mut self, mut storage: Vec<u8>) {
         if self.free.len() < self.max_free
-            && storage.len() >= self.chunk
-            && storage.len() <= 2 * self.chunk
+            && storage.capacity() >= self.chunk
+            && storage.capacity() <= 2 * self.chunk
         {
+            storage.clear();
             self.free.push(storage);
         }
     }
 
     /// Bytes held by spare buffers.
     pub(crate) fn spare_bytes(&self) -> usize {
-        self.free.iter().map(Vec::len).sum()
+        self.free.iter().map(Vec::capacity).sum()
     }
 }
 

@@ -109,6 +109,13 @@ impl Output<'_> {
         self.buffer.extend_from_slice(bytes, self.pool);
     }
 
+    /// The queue as a `Vec` to append to, so an encoder can write replies
+    /// in place (the codecs in [`codec`](crate::codec) take `&mut Vec<u8>`).
+    /// Append only: the bytes already in it are queued output.
+    pub fn vec(&mut self) -> &mut Vec<u8> {
+        self.buffer.as_vec(self.pool)
+    }
+
     /// Bytes queued and not yet written.
     pub fn len(&self) -> usize {
         self.buffer.len()

@@ -1132,18 +1132,17 @@ impl<S> Core<S> {
         };
         conn.flags.hangup_seen |= hangup;
         let hangup = conn.flags.hangup_seen;
-        let spare = conn
-            .input
-            .spare(self.buffers.chunk() / 4, &mut self.buffers);
-        let room = spare.len();
         self.stats.read_calls += 1;
-        match socket::read(conn.fd.as_raw_fd(), spare) {
-            Ok(0) => {
+        let min_room = self.buffers.chunk() / 4;
+        match conn
+            .input
+            .read_from(conn.fd.as_raw_fd(), min_room, &mut self.buffers)
+        {
+            Ok((0, _)) => {
                 conn.input.release_if_empty(&mut self.buffers);
                 ReadOutcome::Eof
             }
-            Ok(n) => {
-                conn.input.commit(n);
+            Ok((n, room)) => {
                 conn.last_active_ns = self.now_ns;
                 self.stats.bytes_read += n as u64;
                 // A short read drained the socket. Without a hang-up bit in

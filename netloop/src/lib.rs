@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+pub mod codec;
 mod conn;
 pub mod echo;
 mod error;

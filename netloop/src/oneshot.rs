@@ -539,15 +539,14 @@ impl<H: WorkerHandler> Worker<H::State, H> {
             && total < self.pool.config.read_budget
             && conn.output.len() <= self.pool.config.high_water
         {
-            let spare = conn
-                .input
-                .spare(self.buffers.chunk() / 4, &mut self.buffers);
-            let room = spare.len();
             self.stats.read_calls += 1;
-            match socket::read(conn.fd.as_raw_fd(), spare) {
-                Ok(0) => conn.peer_closed = true,
-                Ok(n) => {
-                    conn.input.commit(n);
+            let min_room = self.buffers.chunk() / 4;
+            match conn
+                .input
+                .read_from(conn.fd.as_raw_fd(), min_room, &mut self.buffers)
+            {
+                Ok((0, _)) => conn.peer_closed = true,
+                Ok((n, room)) => {
                     total += n;
                     self.stats.bytes_read += n as u64;
                     // A short read drained the socket, and any FIN behind it

@@ -95,18 +95,36 @@ impl<S> Shared<S> {
         self.inbox().push(command);
         // Only the first wake of a burst writes the eventfd; the loop clears
         // the flag before it empties the inbox, so nothing is left unseen.
-        if !self.woken.swap(true, Ordering::AcqRel) {
+        if !self.woken.swap(true, Ordering::SeqCst) {
             self.eventfd.notify()?;
         }
         Ok(())
     }
 
     /// Called by the loop when the eventfd fires: takes every queued command.
+    ///
+    /// The order matters. The counter is drained *before* the flag is
+    /// cleared: a sender that finds the flag clear writes the eventfd after
+    /// this drain, so its wake-up survives. Clearing first would let a
+    /// sender set the flag, have its write swallowed by the drain, and leave
+    /// the flag set with nobody to clear it: every later sender would skip
+    /// its write, and the loop would sleep on a non-empty inbox.
     pub(crate) fn take_commands(&self, into: &mut Vec<Command<S>>) {
-        self.woken.store(false, Ordering::Release);
-        // Draining the counter is only needed to stop level-triggered reports;
-        // an error here would mean a closed fd, which the loop never does.
+        self.drain_wakeups();
+        self.clear_woken();
+        self.take_inbox(into);
+    }
+
+    fn drain_wakeups(&self) {
+        // An error here would mean a closed fd, which the loop never does.
         let _ = self.eventfd.drain();
+    }
+
+    fn clear_woken(&self) {
+        self.woken.store(false, Ordering::SeqCst);
+    }
+
+    fn take_inbox(&self, into: &mut Vec<Command<S>>) {
         into.append(&mut self.inbox());
     }
 
@@ -190,5 +208,49 @@ impl<S> LoopHandle<S> {
         task: impl for<'a> FnOnce(&mut Ctx<'a, S>) + Send + 'static,
     ) -> Result<(), Error> {
         self.shared.send(Command::Run(Box::new(task)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's three steps, in order, with a sender's `send` possibly
+    /// landing before, between or after them.
+    fn receive_with_send_at(point: usize) -> (usize, u64) {
+        let shared = Shared::<()>::new(1).expect("shared");
+        let mut taken = Vec::new();
+        shared.send(Command::Stop).expect("first wake");
+        let steps: [&dyn Fn(&mut Vec<Command<()>>); 3] = [
+            &|_| shared.drain_wakeups(),
+            &|_| shared.clear_woken(),
+            &|into| shared.take_inbox(into),
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            if i == point {
+                shared.send(Command::Stop).expect("send");
+            }
+            step(&mut taken);
+        }
+        if point == steps.len() {
+            shared.send(Command::Stop).expect("send");
+        }
+        // The loop goes back to sleep; one more command arrives.
+        shared.send(Command::Stop).expect("send");
+        let waiting = shared.inbox().len();
+        let counter = shared.eventfd.drain().expect("drain");
+        (waiting, counter)
+    }
+
+    #[test]
+    fn no_command_is_left_behind_a_swallowed_wakeup() {
+        for point in 0..=3 {
+            let (waiting, counter) = receive_with_send_at(point);
+            assert!(waiting > 0);
+            assert!(
+                counter > 0,
+                "send at point {point}: {waiting} commands wait but the eventfd is silent"
+            );
+        }
     }
 }

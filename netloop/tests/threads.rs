@@ -18,7 +18,7 @@ use netloop::server::{Dispatch, Mode, Server, ServerConfig};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
 use support::{Rng, connect, echo_clients, read_exact};
 
-const LIMIT: Duration = Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn payloads(count: usize, max: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(seed);

@@ -92,6 +92,19 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// Reads into the spare capacity of `buf`, appending what arrives;
+/// `Ok(0)` is end of stream (or no spare capacity).
+pub fn read_append(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is valid for `spare.len()` writable bytes for the call;
+    // the kernel writes at most that many.
+    let n = cvt_size(unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) })?;
+    // SAFETY: the kernel initialised exactly `n` bytes after the old length,
+    // and `n` is at most the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// Writes from `buf`, returning how much the kernel took.
 ///
 /// Uses `send(MSG_NOSIGNAL)` so a peer that has gone away yields EPIPE

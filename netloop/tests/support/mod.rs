@@ -230,10 +230,23 @@ pub fn echo_clients(addr: SocketAddr, payloads: Vec<Vec<u8>>, limit: Duration) -
     let mut scratch = vec![0u8; 64 * 1024];
     let mut total = 0;
     while remaining > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{remaining} connections unfinished after {limit:?}"
-        );
+        if Instant::now() >= deadline {
+            let stuck: Vec<String> = conns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.done)
+                .take(5)
+                .map(|(i, c)| {
+                    format!(
+                        "#{i}: sent {}/{} received {}",
+                        c.sent,
+                        c.payload.len(),
+                        c.received
+                    )
+                })
+                .collect();
+            panic!("{remaining} connections unfinished after {limit:?}: {stuck:?}");
+        }
         epoll
             .wait(&mut events, Some(Duration::from_millis(100)))
             .expect("wait");
