@@ -215,13 +215,15 @@ impl<S> LoopHandle<S> {
 mod tests {
     use super::*;
 
+    type Step<'a> = &'a dyn Fn(&mut Vec<Command<()>>);
+
     /// The loop's three steps, in order, with a sender's `send` possibly
     /// landing before, between or after them.
     fn receive_with_send_at(point: usize) -> (usize, u64) {
         let shared = Shared::<()>::new(1).expect("shared");
         let mut taken = Vec::new();
         shared.send(Command::Stop).expect("first wake");
-        let steps: [&dyn Fn(&mut Vec<Command<()>>); 3] = [
+        let steps: [Step<'_>; 3] = [
             &|_| shared.drain_wakeups(),
             &|_| shared.clear_woken(),
             &|into| shared.take_inbox(into),
