@@ -199,6 +199,8 @@ pub(crate) struct Core<S> {
     listeners: Vec<Listener>,
     listeners_registered: bool,
     accept_paused: bool,
+    /// The last accept ran out of descriptors (for logging only).
+    accept_failing: bool,
     accept_blocked_by_pool: bool,
     rdhup: bool,
     clock_origin: Instant,
@@ -337,6 +339,7 @@ impl<H: Handler> EventLoop<H> {
             listeners: Vec::new(),
             listeners_registered: true,
             accept_paused: false,
+            accept_failing: false,
             accept_blocked_by_pool: false,
             rdhup: rdhup_supported(),
             clock_origin: Instant::now(),
@@ -488,7 +491,8 @@ impl<H: Handler> EventLoop<H> {
     /// Runs one turn, waiting at most `max_wait` (and less if a timer is due).
     pub fn turn(&mut self, max_wait: Option<Duration>) -> Result<(), Error> {
         let timeout = self.core.wait_timeout(max_wait);
-        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        // Taken out while dispatching borrows `self`; the placeholder holds no memory.
+        let mut events = std::mem::take(&mut self.events);
         let waited = self.core.epoll.wait(&mut events, timeout);
         self.core.stats.wait_calls += 1;
         self.core.refresh_clock();
@@ -584,6 +588,10 @@ impl<H: Handler> EventLoop<H> {
             let fd = self.core.listeners[listener].socket.as_raw_fd();
             match socket::accept(fd) {
                 Ok((stream, peer)) => {
+                    if self.core.accept_failing {
+                        self.core.accept_failing = false;
+                        tracing::info!("accepting again");
+                    }
                     if let Some(handoff) = self.handoff.as_mut() {
                         self.core.stats.accepted += 1;
                         handoff(stream, peer);
@@ -614,7 +622,13 @@ impl<H: Handler> EventLoop<H> {
             Some(libc::EAGAIN) => false,
             Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => true,
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                tracing::warn!(error = %error, backoff = ?self.core.config.accept_backoff, "accept paused");
+                // Warn when the pause starts; the retries while it lasts are debug.
+                if self.core.accept_failing {
+                    tracing::debug!(error = %error, "accept still failing");
+                } else {
+                    tracing::warn!(error = %error, backoff = ?self.core.config.accept_backoff, "accept paused");
+                }
+                self.core.accept_failing = true;
                 self.core.pause_accepting();
                 false
             }

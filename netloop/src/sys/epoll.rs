@@ -118,6 +118,10 @@ impl AsRawFd for Epoll {
 }
 
 /// A reusable array that `epoll_wait` fills; allocated once per loop.
+///
+/// `Events::default()` holds no memory: a placeholder to swap in while the
+/// real array is borrowed, never to wait with.
+#[derive(Default)]
 pub struct Events {
     raw: Vec<libc::epoll_event>,
     len: usize,
