@@ -460,17 +460,18 @@ impl<H: WorkerHandler> Worker<H::State, H> {
         };
         // One-shot arming means nobody else holds this lock now; if someone
         // does, exclusivity was broken. Count it (tests assert zero), then wait.
-        let mut entry = match slot.try_lock() {
-            Ok(entry) => entry,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                self.stats.oneshot_contention += 1;
-                lock(slot)
-            }
+        let (mut entry, waited) = match slot.try_lock() {
+            Ok(entry) => (entry, false),
+            Err(std::sync::TryLockError::Poisoned(p)) => (p.into_inner(), false),
+            Err(std::sync::TryLockError::WouldBlock) => (lock(slot), true),
         };
         if entry.generation != id.generation() || entry.conn.is_none() {
+            // A stale event may well find the slot busy with its new owner.
             self.stats.stale_events += 1;
             return;
+        }
+        if waited {
+            self.stats.oneshot_contention += 1;
         }
         match self.serve_owned(id, &mut entry, bits) {
             After::Rearm(fd, interest) => {
