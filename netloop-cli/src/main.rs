@@ -1,6 +1,8 @@
 //! `netloop`: servers built on the netloop event core.
 
 mod echo;
+mod http;
+mod kv;
 mod load;
 mod serve;
 
@@ -18,6 +20,10 @@ struct Cli {
 enum Command {
     /// Run an echo server: every byte received is sent back.
     Echo(echo::EchoArgs),
+    /// Run an HTTP/1.1 server answering every request with "Hello, World!".
+    Http(http::HttpArgs),
+    /// Run an in-memory key-value server speaking the Redis protocol (RESP2).
+    Kv(kv::KvArgs),
     /// Generate load against a server and report throughput and latency.
     #[command(subcommand)]
     Load(load::LoadCommand),
@@ -29,6 +35,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Echo(args) => echo::run(args),
         Command::Load(command) => load::run(command),
+        Command::Http(args) => http::run(args),
+        Command::Kv(args) => kv::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -64,6 +64,9 @@ pub struct ServerArgs {
     /// instead of a SO_REUSEPORT listener per loop.
     #[arg(long)]
     pub exclusive: bool,
+    /// Unconsumed input (bytes) above which a connection is closed.
+    #[arg(long, value_name = "BYTES")]
+    pub max_input: Option<usize>,
     /// Queued output (bytes) above which a connection stops being read.
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     pub high_water: usize,
@@ -122,6 +125,7 @@ impl ServerArgs {
             },
             stop_timeout: Duration::from_secs_f64(self.stop_timeout.max(0.0)),
             high_water: self.high_water,
+            max_input: self.max_input.unwrap_or(defaults.max_input),
             low_water: (self.high_water / 4).min(defaults.low_water),
             ..defaults
         }

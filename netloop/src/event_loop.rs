@@ -242,6 +242,12 @@ impl<S> Ctx<'_, S> {
         Ok(())
     }
 
+    /// Bytes queued on connection `id` and not yet written; `None` if it
+    /// has closed. A broadcaster uses it to cut off readers that fall behind.
+    pub fn output_len(&self, id: ConnId) -> Option<usize> {
+        self.core.pool.get(id).map(|c| c.output.len())
+    }
+
     /// Whether `id` names an open connection.
     pub fn is_open(&self, id: ConnId) -> bool {
         self.core.pool.contains(id)

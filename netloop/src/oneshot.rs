@@ -92,6 +92,18 @@ impl<S> WorkerConn<'_, S> {
         self.conn.output.extend_from_slice(bytes, self.buffers);
     }
 
+    /// Input, output (as a `Vec` to append to, for the codecs) and state
+    /// at once.
+    pub fn io(&mut self) -> (&mut Buffer, &mut Vec<u8>, &mut S) {
+        let Slot {
+            input,
+            output,
+            state,
+            ..
+        } = &mut *self.conn;
+        (input, output.as_vec(self.buffers), state)
+    }
+
     /// Moves all input to the output (what an echo does), in one copy.
     pub fn echo_input(&mut self) {
         let Slot { input, output, .. } = &mut *self.conn;

@@ -552,11 +552,34 @@ impl ChunkedDecoder {
     }
 }
 
+/// The `Connection` header of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// None: HTTP/1.1 keeps the connection open by default.
+    Omit,
+    /// `Connection: keep-alive`, for an HTTP/1.0 client that asked for it.
+    KeepAlive,
+    /// `Connection: close`: this is the last response on the connection.
+    Close,
+}
+
+impl ConnectionHeader {
+    /// The header for a request of `version` (10 or 11) that may (or may
+    /// not) keep its connection.
+    pub fn for_request(version: u8, keep_alive: bool) -> Self {
+        match (keep_alive, version) {
+            (false, _) => ConnectionHeader::Close,
+            (true, 10) => ConnectionHeader::KeepAlive,
+            (true, _) => ConnectionHeader::Omit,
+        }
+    }
+}
+
 /// Appends a complete response.
 ///
 /// The head is `HTTP/1.1 <status> <reason>`, `Server`, `Date`,
-/// `Content-Type` (omitted when empty), `Content-Length` and, when
-/// `keep_alive` is false, `Connection: close`. With `head_only` (a reply to
+/// `Content-Type` (omitted when empty), `Content-Length` and the
+/// `Connection` header `connection` asks for. With `head_only` (a reply to
 /// HEAD) the body is left out but `Content-Length` still describes it.
 /// Statuses that must not carry a body (1xx, 204, 304) get neither the body
 /// nor `Content-Length`. CR and LF in `reason`, `date` and `content_type`
@@ -572,7 +595,7 @@ pub fn write_response(
     date: &[u8],
     content_type: &str,
     body: &[u8],
-    keep_alive: bool,
+    connection: ConnectionHeader,
     head_only: bool,
 ) {
     // Generous enough for the fixed headers, so the head costs at most one
@@ -594,8 +617,10 @@ pub fn write_response(
         super::push_u64(out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
+    match connection {
+        ConnectionHeader::Omit => {}
+        ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     if !head_only && !bodyless {
@@ -766,7 +791,7 @@ fn fuzz_stream(data: &[u8], limits: &HttpLimits) {
             b"",
             "text/plain",
             path,
-            head.keep_alive,
+            ConnectionHeader::for_request(head.version, head.keep_alive),
             false,
         );
         rest = &rest[head.head_len + body_len..];
@@ -1128,7 +1153,16 @@ mod tests {
     fn writes_keep_alive_response() {
         let mut out = Vec::new();
         let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
-        write_response(&mut out, 200, "OK", date, "text/plain", b"hi", true, false);
+        write_response(
+            &mut out,
+            200,
+            "OK",
+            date,
+            "text/plain",
+            b"hi",
+            ConnectionHeader::Omit,
+            false,
+        );
         let expected: &[u8] = b"HTTP/1.1 200 OK\r\nServer: netloop\r\n\
             Date: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: text/plain\r\n\
             Content-Length: 2\r\n\r\nhi";
@@ -1145,7 +1179,7 @@ mod tests {
             b"D",
             "text/html",
             b"gone",
-            false,
+            ConnectionHeader::Close,
             true,
         );
         let expected: &[u8] = b"HTTP/1.1 404 Not Found\r\nServer: netloop\r\nDate: D\r\n\
@@ -1163,7 +1197,7 @@ mod tests {
             b"D",
             "",
             b"ignored",
-            true,
+            ConnectionHeader::Omit,
             false,
         );
         assert_eq!(
@@ -1182,7 +1216,7 @@ mod tests {
             b"D\n",
             "a\rb",
             b"",
-            true,
+            ConnectionHeader::Omit,
             false,
         );
         let expected: &[u8] = b"HTTP/1.1 200 OK  X: y\r\nServer: netloop\r\nDate: D \r\n\
