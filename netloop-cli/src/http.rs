@@ -49,8 +49,8 @@ pub fn run(mut args: HttpArgs) -> Result<(), ServeError> {
     let header_timeout = Duration::from_secs_f64(args.header_timeout.max(0.001));
     serve(
         &args.server,
-        move |_| Hello::new(limits.clone(), header_timeout),
-        Some(move |_| Hello::new(limits.clone(), header_timeout)),
+        move |_| Hello::new(limits, header_timeout),
+        Some(move |_| Hello::new(limits, header_timeout)),
     )
 }
 

@@ -506,7 +506,7 @@ fn cmd_mget(kv: &Kv, args: &Args<'_>, out: &mut Vec<u8>) -> Next {
 }
 
 fn cmd_mset(kv: &Kv, args: &Args<'_>, out: &mut Vec<u8>) -> Next {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         wrong_arity(out, "mset");
         return Next::Continue;
     }
