@@ -1,5 +1,6 @@
 //! `netloop`: servers built on the netloop event core.
 
+mod chat;
 mod echo;
 mod http;
 mod kv;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run an echo server: every byte received is sent back.
     Echo(echo::EchoArgs),
+    /// Run a chat server: length-prefixed frames relayed to every client.
+    Chat(chat::ChatArgs),
     /// Run an HTTP/1.1 server answering every request with "Hello, World!".
     Http(http::HttpArgs),
     /// Run an in-memory key-value server speaking the Redis protocol (RESP2).
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Echo(args) => echo::run(args),
         Command::Load(command) => load::run(command),
         Command::Http(args) => http::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Kv(args) => kv::run(args),
     };
     match result {
