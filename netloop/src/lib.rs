@@ -44,6 +44,7 @@ mod event_loop;
 pub mod oneshot;
 mod pool;
 pub mod server;
+pub mod servers;
 mod stats;
 pub mod sys;
 mod timer;
