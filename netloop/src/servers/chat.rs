@@ -19,10 +19,13 @@ use crate::{CloseReason, Conn, ConnId, Ctx, Handler, LoopHandle};
 /// The members of one loop.
 type Members = Arc<Mutex<Vec<ConnId>>>;
 
+/// One loop as the others see it: a handle to post to, and its members.
+type Room = (LoopHandle<()>, Members);
+
 /// Every loop's members and handle, shared by the loops of one server.
 #[derive(Clone, Default)]
 pub struct Rooms {
-    loops: Arc<Mutex<Vec<(LoopHandle<()>, Members)>>>,
+    loops: Arc<Mutex<Vec<Room>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,7 +70,7 @@ impl Chat {
     /// Sends the frame in `self.frame` to every member of every loop.
     fn relay(&self, ctx: &mut Ctx<'_, ()>) {
         deliver(ctx, &self.members, &self.frame, self.max_output);
-        let others: Vec<(LoopHandle<()>, Members)> = lock(&self.rooms.loops)
+        let others: Vec<Room> = lock(&self.rooms.loops)
             .iter()
             .filter(|(_, members)| !Arc::ptr_eq(members, &self.members))
             .cloned()
