@@ -234,6 +234,16 @@ impl<S> Ctx<'_, S> {
         Ok(())
     }
 
+    /// Closes another connection at once, discarding its queued output:
+    /// for a peer that stopped reading, whose output would never drain.
+    pub fn abort_conn(&mut self, id: ConnId, reason: CloseReason) -> Result<(), Error> {
+        if !self.core.pool.contains(id) {
+            return Err(Error::StaleConn(id));
+        }
+        self.core.request_close(id, reason, true);
+        Ok(())
+    }
+
     /// Half-closes another connection once its output is written.
     pub fn shutdown_conn(&mut self, id: ConnId) -> Result<(), Error> {
         let conn = self.core.pool.get_mut(id).ok_or(Error::StaleConn(id))?;

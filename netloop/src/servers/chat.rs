@@ -98,7 +98,8 @@ fn deliver(ctx: &mut Ctx<'_, ()>, members: &Members, frame: &[u8], max_output: u
             .output_len(member)
             .is_some_and(|queued| queued > max_output)
         {
-            let _ = ctx.close_conn_with(member, CloseReason::OutputLimit);
+            // Its output would never drain: close now, dropping it.
+            let _ = ctx.abort_conn(member, CloseReason::OutputLimit);
         }
     }
 }
