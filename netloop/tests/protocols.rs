@@ -27,6 +27,11 @@ struct Running<S: Send + 'static> {
 
 impl<S: Send + 'static> Running<S> {
     fn start<H: Handler<State = S> + Send + 'static>(config: Config, handler: H) -> Self {
+        // Tests finish with clients still connected; do not wait long for them.
+        let config = Config {
+            stop_timeout: Duration::from_millis(200),
+            ..config
+        };
         let mut event_loop = EventLoop::new(config, handler).expect("loop");
         let addr = event_loop
             .listen("127.0.0.1:0".parse().expect("addr"))
