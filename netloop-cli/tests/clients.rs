@@ -1,0 +1,155 @@
+//! The servers with real clients nobody on this project wrote: curl and wrk
+//! against `netloop http`, redis-cli and redis-benchmark against `netloop kv`.
+//! `.ci/run` installs them (Debian: curl, wrk, redis-tools).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_netloop"))
+            .args(args)
+            .args(["--addr", "127.0.0.1:0", "--stop-timeout", "0.5"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn netloop");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        Self { child, addr }
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a client tool; a missing tool fails with a hint, not a skip.
+fn tool(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install it as .ci/run does"));
+    output
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn curl_reuses_the_connection_speaks_http_1_0_and_head() {
+    let server = Server::start(&["http", "--threads", "1"]);
+    let out = tool("curl", &["-sv", &server.url("/"), &server.url("/again")]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "Hello, World!Hello, World!");
+    let log = text(&out.stderr);
+    assert!(log.contains("Re-using existing connection"), "{log}");
+    assert!(log.contains("< Content-Type: text/plain"), "{log}");
+    assert!(log.contains("< Date: "), "{log}");
+
+    let out = tool("curl", &["-s", "-0", "-D", "-", &server.url("/")]);
+    let response = text(&out.stdout);
+    assert!(response.contains("Connection: close"), "{response}");
+    assert!(response.ends_with("Hello, World!"));
+
+    let out = tool("curl", &["-s", "-I", &server.url("/")]);
+    let response = text(&out.stdout);
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("Content-Length: 13"));
+    assert!(!response.contains("Hello"), "HEAD has no body");
+}
+
+#[test]
+fn wrk_short_run_has_no_errors() {
+    let server = Server::start(&["http", "--threads", "1"]);
+    let out = tool("wrk", &["-t1", "-c32", "-d2s", &server.url("/")]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("requests in"), "{report}");
+    assert!(!report.contains("Socket errors"), "{report}");
+    assert!(!report.contains("Non-2xx"), "{report}");
+}
+
+#[test]
+fn redis_cli_works_against_netloop_kv() {
+    let server = Server::start(&["kv", "--threads", "2"]);
+    let port = server.port();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-p", port.as_str()];
+        all.extend_from_slice(args);
+        let out = tool("redis-cli", &all);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim_end().to_string()
+    };
+    assert_eq!(cli(&["PING"]), "PONG");
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world");
+    assert_eq!(cli(&["INCR", "counter"]), "1");
+    assert_eq!(cli(&["MSET", "a", "1", "b", "2"]), "OK");
+    // The missing key prints as an empty line, trimmed away here.
+    assert_eq!(cli(&["MGET", "a", "b", "missing"]), "1\n2");
+    assert_eq!(cli(&["EXPIRE", "a", "100"]), "1");
+    assert_eq!(cli(&["TTL", "a"]), "100");
+    assert_eq!(cli(&["DBSIZE"]), "4");
+    assert!(cli(&["NOSUCH"]).starts_with("ERR unknown command"));
+    assert_eq!(cli(&["DEL", "a", "b"]), "2");
+    assert_eq!(cli(&["FLUSHALL"]), "OK");
+    assert_eq!(cli(&["DBSIZE"]), "0");
+}
+
+#[test]
+fn redis_benchmark_ping_set_get_plain_and_pipelined_has_no_errors() {
+    let server = Server::start(&["kv", "--threads", "1"]);
+    let port = server.port();
+    for pipeline in ["1", "16"] {
+        let out = tool(
+            "redis-benchmark",
+            &[
+                "-p",
+                &port,
+                "-t",
+                "ping,set,get",
+                "-n",
+                "20000",
+                "-P",
+                pipeline,
+                "-q",
+            ],
+        );
+        let report = text(&out.stdout);
+        assert!(out.status.success(), "{report}{}", text(&out.stderr));
+        for test in ["PING_INLINE", "PING_MBULK", "SET", "GET"] {
+            assert!(
+                report.contains(&format!("{test}: ")) && report.contains("requests per second"),
+                "-P {pipeline}: {test} missing in {report}"
+            );
+        }
+        assert!(!report.to_lowercase().contains("error"), "{report}");
+    }
+}
