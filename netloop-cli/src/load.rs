@@ -1,10 +1,12 @@
-//! `netloop load`: a load generator built on netloop's own client side.
+//! `netloop load`: a load generator built on netloop's own client side
+//! (outbound non-blocking connects on an event loop).
 //!
-//! Closed loop (`--depth D`): each connection keeps D messages in flight and
-//! sends the next one as each echo completes. Open loop (`--rate R`): each
-//! message has an intended send time on a fixed schedule, and its latency is
-//! measured from that time, so a stalled server is charged for the requests
-//! it delayed (no coordinated omission). Every echoed byte is checked.
+//! Closed loop (`--depth D`): each connection keeps D requests in flight and
+//! sends the next one as each response completes; with HTTP or RESP that is
+//! pipelining D deep. Open loop (`--rate R`): each request has an intended
+//! send time on a fixed schedule and its latency is measured from that time,
+//! so a stalled server is charged for the requests it delayed (no
+//! coordinated omission). Every response is checked against its request.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
+use netloop::codec::push_u64;
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, TimerId};
 
 use crate::serve::ServeError;
@@ -23,23 +26,27 @@ use crate::serve::ServeError;
 /// `netloop load` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum LoadCommand {
-    /// Drive an echo server, verifying every byte.
+    /// Drive an echo server, checking every byte.
     Echo(EchoLoadArgs),
+    /// Drive an HTTP server with `GET /`, checking each `200` response.
+    Http(LoadArgs),
+    /// Drive a Redis-protocol server with SET/GET pairs, checking each reply.
+    Resp(LoadArgs),
+    /// Drive the framed chat server: each frame must come back, in order, to
+    /// every client.
+    Chat(EchoLoadArgs),
 }
 
-/// Options of `netloop load echo`.
+/// Options every workload takes.
 #[derive(Args, Debug, Clone)]
-pub struct EchoLoadArgs {
+pub struct LoadArgs {
     /// The server to drive (only this address is contacted).
     #[arg(long)]
     pub target: SocketAddr,
     /// Connections, spread over the threads.
     #[arg(long, default_value_t = 50)]
     pub conns: usize,
-    /// Message size in bytes.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
-    /// Messages in flight per connection (closed loop).
+    /// Requests in flight per connection (closed loop; pipelining for HTTP/RESP).
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
     /// Seconds to run.
@@ -48,7 +55,7 @@ pub struct EchoLoadArgs {
     /// Client threads, each with its own event loop.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Open loop: total messages per second on a fixed schedule.
+    /// Open loop: total requests per second on a fixed schedule.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Print one JSON object instead of a table.
@@ -56,14 +63,26 @@ pub struct EchoLoadArgs {
     pub json: bool,
 }
 
+/// Options of `netloop load echo` and `netloop load chat`.
+#[derive(Args, Debug, Clone)]
+pub struct EchoLoadArgs {
+    #[command(flatten)]
+    pub common: LoadArgs,
+    /// Message size in bytes (for chat: the payload).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
 /// What a load run measured.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
-    /// Messages echoed and verified.
+    /// The workload's name.
+    pub workload: &'static str,
+    /// Requests answered and checked.
     pub messages: u64,
-    /// Bytes echoed and verified.
+    /// Response bytes received.
     pub bytes: u64,
-    /// Wrong bytes, unexpected closes and failed connects.
+    /// Wrong responses, unexpected closes and failed connects.
     pub errors: u64,
     /// Wall time of the measurement.
     pub elapsed: Duration,
@@ -72,7 +91,18 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// Messages per second.
+    fn empty() -> Self {
+        Self {
+            workload: "",
+            messages: 0,
+            bytes: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: new_histogram(),
+        }
+    }
+
+    /// Requests per second.
     pub fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -83,29 +113,54 @@ impl LoadReport {
     }
 }
 
-/// Runs `netloop load …`; fails (non-zero exit) on any verification error.
-pub fn run(command: LoadCommand) -> Result<(), ServeError> {
-    match command {
-        LoadCommand::Echo(args) => {
-            let report = run_echo(&args)?;
-            if args.json {
-                println!("{}", report_json(&args, &report));
-            } else {
-                print_table(&args, &report);
-            }
-            if report.errors > 0 {
-                return Err(ServeError::Verification(report.errors));
-            }
-            Ok(())
-        }
-    }
+/// A request/response protocol the generator can drive and check.
+pub trait Workload: Send + 'static {
+    /// A short name for reports.
+    fn name(&self) -> &'static str;
+
+    /// Appends request `sequence` of connection `number` to `out`.
+    fn request(&mut self, number: usize, sequence: u64, out: &mut Vec<u8>);
+
+    /// Checks the complete responses at the front of `input`, the first of
+    /// which answers request `next`; returns how many completed and how
+    /// many bytes they took, or what was wrong.
+    fn responses(&mut self, number: usize, next: u64, input: &[u8])
+    -> Result<(u64, usize), String>;
 }
 
-/// Drives an echo server as `args` says and returns what it measured.
-pub fn run_echo(args: &EchoLoadArgs) -> Result<LoadReport, ServeError> {
-    if args.size == 0 || args.conns == 0 || args.depth == 0 {
+/// Runs `netloop load …`; fails (non-zero exit) on any verification error.
+pub fn run(command: LoadCommand) -> Result<(), ServeError> {
+    let (args, report) = match command {
+        LoadCommand::Echo(args) => (
+            args.common.clone(),
+            run_load(&args.common, Echo::new(args.size))?,
+        ),
+        LoadCommand::Http(args) => (args.clone(), run_load(&args, HttpGet)?),
+        LoadCommand::Resp(args) => (args.clone(), run_load(&args, RespSetGet::default())?),
+        LoadCommand::Chat(args) => (
+            args.common.clone(),
+            run_load(&args.common, ChatFrames::new(args.size, args.common.conns))?,
+        ),
+    };
+    if args.json {
+        println!("{}", report_json(&args, &report));
+    } else {
+        print_table(&args, &report);
+    }
+    if report.errors > 0 {
+        return Err(ServeError::Verification(report.errors));
+    }
+    Ok(())
+}
+
+/// Drives `args.target` with workload `W` and returns what it measured.
+pub fn run_load<W: Workload + Clone>(
+    args: &LoadArgs,
+    workload: W,
+) -> Result<LoadReport, ServeError> {
+    if args.conns == 0 || args.depth == 0 {
         return Err(ServeError::Usage(
-            "--size, --conns and --depth must be positive".into(),
+            "--conns and --depth must be positive".into(),
         ));
     }
     let threads = args.threads.clamp(1, args.conns);
@@ -115,12 +170,10 @@ pub fn run_echo(args: &EchoLoadArgs) -> Result<LoadReport, ServeError> {
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let conns = args.conns / threads + usize::from(t < args.conns % threads);
             let plan = Plan {
                 target: args.target,
-                conns,
+                conns: args.conns / threads + usize::from(t < args.conns % threads),
                 first_conn: t * args.conns / threads,
-                size: args.size,
                 depth: args.depth,
                 interval: args
                     .rate
@@ -128,35 +181,40 @@ pub fn run_echo(args: &EchoLoadArgs) -> Result<LoadReport, ServeError> {
                 end: start + duration,
             };
             let progress = Arc::clone(&progress);
+            let workload = workload.clone();
             thread::Builder::new()
                 .name(format!("netloop-load-{t}"))
-                .spawn(move || drive(plan, &progress))
+                .spawn(move || drive(plan, workload, &progress))
         })
         .collect::<Result<_, _>>()?;
     let bar = progress_bar(duration, &progress, &done);
-    let mut report = LoadReport {
-        messages: 0,
-        bytes: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency: new_histogram(),
-    };
+    let mut report = LoadReport::empty();
+    report.workload = workload.name();
+    let mut outcome = Ok(());
     for worker in workers {
-        let part = worker.join().map_err(|_| ServeError::Panicked)??;
-        report.messages += part.messages;
-        report.bytes += part.bytes;
-        report.errors += part.errors;
-        report
-            .latency
-            .add(&part.latency)
-            .map_err(|e| ServeError::Usage(e.to_string()))?;
-        report.elapsed = report.elapsed.max(part.elapsed);
+        match worker
+            .join()
+            .map_err(|_| ServeError::Panicked)
+            .and_then(|r| r)
+        {
+            Ok(part) => {
+                report.messages += part.messages;
+                report.bytes += part.bytes;
+                report.errors += part.errors;
+                report
+                    .latency
+                    .add(&part.latency)
+                    .map_err(|e| ServeError::Usage(e.to_string()))?;
+                report.elapsed = report.elapsed.max(part.elapsed);
+            }
+            Err(e) => outcome = Err(e),
+        }
     }
     done.store(true, Ordering::Release);
     if let Some(bar) = bar {
         let _ = bar.join();
     }
-    Ok(report)
+    outcome.map(|()| report)
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -190,7 +248,7 @@ fn progress_bar(
                 bar.set_position((elapsed.as_millis() as u64).min(millis));
                 let messages = progress.load(Ordering::Relaxed);
                 bar.set_message(format!(
-                    "{:.0} msg/s",
+                    "{:.0} req/s",
                     messages as f64 / elapsed.as_secs_f64().max(1e-3)
                 ));
                 thread::sleep(Duration::from_millis(100));
@@ -204,21 +262,24 @@ struct Plan {
     target: SocketAddr,
     conns: usize,
     first_conn: usize,
-    size: usize,
     depth: usize,
     interval: Option<Duration>,
     end: Instant,
 }
 
 /// One client thread: its own loop and connections.
-fn drive(plan: Plan, progress: &AtomicU64) -> Result<LoadReport, ServeError> {
+fn drive<W: Workload>(
+    plan: Plan,
+    workload: W,
+    progress: &AtomicU64,
+) -> Result<LoadReport, ServeError> {
     let config = Config {
         max_connections: plan.conns + 1,
         ..Config::default()
     };
     let end = plan.end;
     let started = Instant::now();
-    let mut event_loop = EventLoop::new(config, EchoLoad::new(&plan))?;
+    let mut event_loop = EventLoop::new(config, Client::new(&plan, workload))?;
     for _ in 0..plan.conns {
         event_loop.connect(plan.target)?;
     }
@@ -241,66 +302,59 @@ fn drive(plan: Plan, progress: &AtomicU64) -> Result<LoadReport, ServeError> {
     Ok(handler.report.clone())
 }
 
-/// Per-connection state of the load handler.
+/// Per-connection state of the load client.
 #[derive(Default)]
-pub struct LoadConn {
+pub struct ClientConn {
     number: usize,
-    /// Messages sent so far (the next message's sequence number).
+    /// Requests sent so far (the next request's sequence number).
     sent: u64,
-    /// Bytes of echo verified so far.
-    verified: u64,
-    /// Send time (or intended send time) of each message in flight.
+    /// Responses checked so far.
+    answered: u64,
+    /// Send time (or intended send time) of each request in flight.
     in_flight: VecDeque<Instant>,
-    /// Open loop: the intended time of the next message.
+    /// Open loop: the intended time of the next request.
     next_due: Option<Instant>,
 }
 
-struct EchoLoad {
-    size: usize,
+struct Client<W> {
+    workload: W,
     depth: usize,
     interval: Option<Duration>,
     next_number: usize,
     sending: bool,
     in_flight: u64,
     report: LoadReport,
-    message: Vec<u8>,
+    request: Vec<u8>,
 }
 
-impl EchoLoad {
-    fn new(plan: &Plan) -> Self {
+impl<W: Workload> Client<W> {
+    fn new(plan: &Plan, workload: W) -> Self {
         Self {
-            size: plan.size,
+            workload,
             depth: plan.depth,
             interval: plan.interval,
             next_number: plan.first_conn,
             sending: true,
             in_flight: 0,
-            report: LoadReport {
-                messages: 0,
-                bytes: 0,
-                errors: 0,
-                elapsed: Duration::ZERO,
-                latency: new_histogram(),
-            },
-            message: Vec::with_capacity(plan.size),
+            report: LoadReport::empty(),
+            request: Vec::new(),
         }
     }
 
-    /// Sends one message stamped `at`.
-    fn send(&mut self, conn: &mut Conn<'_, LoadConn>, at: Instant) {
+    /// Sends one request stamped `at`.
+    fn send(&mut self, conn: &mut Conn<'_, ClientConn>, at: Instant) {
         let state = conn.state();
         let (number, sequence) = (state.number, state.sent);
         state.sent += 1;
         state.in_flight.push_back(at);
         self.in_flight += 1;
-        self.message.clear();
-        self.message
-            .extend((0..self.size).map(|i| pattern_byte(number, sequence, i)));
-        conn.write(&self.message);
+        self.request.clear();
+        self.workload.request(number, sequence, &mut self.request);
+        conn.write(&self.request);
     }
 
-    /// Open loop: sends every message whose intended time has come.
-    fn send_due(&mut self, conn: &mut Conn<'_, LoadConn>, interval: Duration) {
+    /// Open loop: sends every request whose intended time has come.
+    fn send_due(&mut self, conn: &mut Conn<'_, ClientConn>, interval: Duration) {
         let now = conn.now();
         while self.sending {
             let due = conn.state().next_due.unwrap_or(now);
@@ -312,51 +366,40 @@ impl EchoLoad {
             conn.state().next_due = Some(due + interval);
         }
     }
-}
 
-impl EchoLoad {
-    /// Checks and consumes the echoed input, recording the latency of each
-    /// completed message; `None` on a wrong byte.
-    fn verify(&mut self, conn: &mut Conn<'_, LoadConn>, now: Instant) -> Option<(u64, u64)> {
-        let size = self.size as u64;
+    /// Checks and consumes the responses in the input, recording the
+    /// latency of each; `None` on a wrong response.
+    fn check(&mut self, conn: &mut Conn<'_, ClientConn>, now: Instant) -> Option<u64> {
         let parts = conn.parts();
         let (input, state) = (parts.input, parts.state);
-        let bytes = input.as_slice();
-        let mut completed = 0;
-        for (offset, &byte) in bytes.iter().enumerate() {
-            let position = state.verified + offset as u64;
-            let expected = pattern_byte(state.number, position / size, (position % size) as usize);
-            if byte != expected {
-                tracing::error!(conn = state.number, position, "echo verification failed");
+        let (completed, used) = match self.workload.responses(
+            state.number,
+            state.answered,
+            input.as_slice(),
+        ) {
+            Ok(done) => done,
+            Err(problem) => {
+                tracing::error!(conn = state.number, response = state.answered, %problem, "wrong response");
                 return None;
             }
-            if (position + 1).is_multiple_of(size) {
-                if let Some(sent_at) = state.in_flight.pop_front() {
-                    let nanos = now.saturating_duration_since(sent_at).as_nanos() as u64;
-                    let _ = self.report.latency.record(nanos.max(1));
-                }
-                completed += 1;
+        };
+        input.consume(used);
+        self.report.bytes += used as u64;
+        state.answered += completed;
+        for _ in 0..completed {
+            if let Some(sent_at) = state.in_flight.pop_front() {
+                let nanos = now.saturating_duration_since(sent_at).as_nanos() as u64;
+                let _ = self.report.latency.record(nanos.max(1));
             }
         }
-        let received = bytes.len();
-        state.verified += received as u64;
-        input.consume(received);
-        Some((completed, received as u64))
+        Some(completed)
     }
 }
 
-/// Byte `i` of message `sequence` on connection `number`: every message
-/// differs, so a byte delivered to the wrong connection or out of order shows.
-fn pattern_byte(number: usize, sequence: u64, i: usize) -> u8 {
-    let mixed = (sequence.wrapping_mul(0x9E37_79B9) ^ (number as u64).wrapping_mul(0x85EB_CA6B))
-        .wrapping_add(i as u64 * 131);
-    (mixed ^ (mixed >> 8)) as u8
-}
+impl<W: Workload> Handler for Client<W> {
+    type State = ClientConn;
 
-impl Handler for EchoLoad {
-    type State = LoadConn;
-
-    fn on_open(&mut self, conn: &mut Conn<'_, LoadConn>) {
+    fn on_open(&mut self, conn: &mut Conn<'_, ClientConn>) {
         conn.state().number = self.next_number;
         self.next_number += 1;
         match self.interval {
@@ -370,15 +413,14 @@ impl Handler for EchoLoad {
         }
     }
 
-    fn on_data(&mut self, conn: &mut Conn<'_, LoadConn>) {
+    fn on_data(&mut self, conn: &mut Conn<'_, ClientConn>) {
         let now = conn.now();
-        let Some((completed, received)) = self.verify(conn, now) else {
+        let Some(completed) = self.check(conn, now) else {
             self.report.errors += 1;
             conn.abort(CloseReason::ProtocolError);
             return;
         };
         self.report.messages += completed;
-        self.report.bytes += received;
         self.in_flight -= completed;
         if self.sending && self.interval.is_none() {
             for _ in 0..completed {
@@ -387,7 +429,7 @@ impl Handler for EchoLoad {
         }
     }
 
-    fn on_timer(&mut self, conn: &mut Conn<'_, LoadConn>, _: TimerId, _: u64) {
+    fn on_timer(&mut self, conn: &mut Conn<'_, ClientConn>, _: TimerId, _: u64) {
         if let Some(interval) = self.interval {
             self.send_due(conn, interval);
         }
@@ -395,9 +437,9 @@ impl Handler for EchoLoad {
 
     fn on_close(
         &mut self,
-        _: &mut Ctx<'_, LoadConn>,
+        _: &mut Ctx<'_, ClientConn>,
         id: ConnId,
-        state: LoadConn,
+        state: ClientConn,
         reason: CloseReason,
     ) {
         if self.sending {
@@ -408,27 +450,298 @@ impl Handler for EchoLoad {
     }
 }
 
-fn print_table(args: &EchoLoadArgs, report: &LoadReport) {
+// ------------------------------------------------------------- workloads
+
+/// Byte `i` of message `sequence` on connection `number`: every message
+/// differs, so a byte delivered to the wrong connection or out of order shows.
+fn pattern_byte(number: usize, sequence: u64, i: usize) -> u8 {
+    let mixed = (sequence.wrapping_mul(0x9E37_79B9) ^ (number as u64).wrapping_mul(0x85EB_CA6B))
+        .wrapping_add(i as u64 * 131);
+    (mixed ^ (mixed >> 8)) as u8
+}
+
+/// Echo: messages of a fixed size, each distinct, must come back verbatim.
+#[derive(Clone)]
+pub struct Echo {
+    size: usize,
+}
+
+impl Echo {
+    /// Messages of `size` bytes (at least 1).
+    pub fn new(size: usize) -> Self {
+        Self { size: size.max(1) }
+    }
+}
+
+impl Workload for Echo {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    fn request(&mut self, number: usize, sequence: u64, out: &mut Vec<u8>) {
+        out.extend((0..self.size).map(|i| pattern_byte(number, sequence, i)));
+    }
+
+    fn responses(
+        &mut self,
+        number: usize,
+        next: u64,
+        input: &[u8],
+    ) -> Result<(u64, usize), String> {
+        let mut completed = 0;
+        for message in input.chunks_exact(self.size) {
+            let sequence = next + completed;
+            if let Some(i) =
+                (0..self.size).find(|&i| message[i] != pattern_byte(number, sequence, i))
+            {
+                return Err(format!("byte {i} of message {sequence} differs"));
+            }
+            completed += 1;
+        }
+        Ok((completed, completed as usize * self.size))
+    }
+}
+
+/// HTTP: `GET /` with keep-alive; each answer must be a complete `200`.
+#[derive(Clone, Copy)]
+pub struct HttpGet;
+
+const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: netloop-load\r\n\r\n";
+
+impl Workload for HttpGet {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn request(&mut self, _: usize, _: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(HTTP_REQUEST);
+    }
+
+    fn responses(&mut self, _: usize, _: u64, input: &[u8]) -> Result<(u64, usize), String> {
+        let mut completed = 0;
+        let mut used = 0;
+        while let Some(length) = http_response_len(&input[used..])? {
+            used += length;
+            completed += 1;
+        }
+        Ok((completed, used))
+    }
+}
+
+/// The length of the complete `200` response at the front of `input`.
+fn http_response_len(input: &[u8]) -> Result<Option<usize>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(input) {
+        Ok(httparse::Status::Complete(head)) => head,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad response: {e}")),
+    };
+    if response.code != Some(200) {
+        return Err(format!("status {:?}", response.code));
+    }
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .ok_or("no Content-Length")?;
+    Ok((input.len() >= head + length).then_some(head + length))
+}
+
+/// RESP: `SET key value` then `GET key`, alternately, on a key of the
+/// connection's own; each GET must return what the SET before it stored.
+#[derive(Clone, Default)]
+pub struct RespSetGet {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    expected: Vec<u8>,
+}
+
+impl RespSetGet {
+    /// Fills `self.key` and `self.value` for request `sequence` of `number`.
+    fn key_and_value(&mut self, number: usize, sequence: u64) {
+        self.key.clear();
+        self.key.extend_from_slice(b"netloop-load:");
+        push_u64(&mut self.key, number as u64);
+        self.value.clear();
+        self.value.extend_from_slice(b"value-");
+        push_u64(&mut self.value, number as u64);
+        self.value.push(b'-');
+        push_u64(&mut self.value, sequence / 2);
+    }
+}
+
+fn push_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'$');
+    push_u64(out, bytes.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+impl Workload for RespSetGet {
+    fn name(&self) -> &'static str {
+        "resp"
+    }
+
+    fn request(&mut self, number: usize, sequence: u64, out: &mut Vec<u8>) {
+        self.key_and_value(number, sequence);
+        if sequence.is_multiple_of(2) {
+            out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
+            push_bulk(out, &self.key);
+            push_bulk(out, &self.value);
+        } else {
+            out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
+            push_bulk(out, &self.key);
+        }
+    }
+
+    fn responses(
+        &mut self,
+        number: usize,
+        next: u64,
+        input: &[u8],
+    ) -> Result<(u64, usize), String> {
+        let mut completed = 0;
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            let sequence = next + completed;
+            self.expected.clear();
+            if sequence.is_multiple_of(2) {
+                self.expected.extend_from_slice(b"+OK\r\n");
+            } else {
+                self.key_and_value(number, sequence);
+                let value = std::mem::take(&mut self.value);
+                push_bulk(&mut self.expected, &value);
+                self.value = value;
+            }
+            let expected = &self.expected[..];
+            if rest.len() < expected.len() {
+                if !expected.starts_with(rest) {
+                    return Err(format!("reply {:?}", String::from_utf8_lossy(rest)));
+                }
+                return Ok((completed, used));
+            }
+            if !rest.starts_with(expected) {
+                return Err(format!(
+                    "expected {:?}, got {:?}",
+                    String::from_utf8_lossy(expected),
+                    String::from_utf8_lossy(&rest[..expected.len()])
+                ));
+            }
+            used += expected.len();
+            completed += 1;
+        }
+    }
+}
+
+/// Chat: frames of `size` bytes; each connection's frames come back to
+/// every connection, in order. A response is one of this connection's own
+/// frames coming back; frames from others are checked for order and skipped.
+#[derive(Clone)]
+pub struct ChatFrames {
+    size: usize,
+    /// The next sequence expected from each sender, per receiver (indexed
+    /// `receiver * conns + sender`, receivers being this thread's).
+    seen: Vec<u64>,
+    conns: usize,
+}
+
+const CHAT_MAGIC: &[u8; 4] = b"NLOP";
+
+/// No frame seen yet from this sender: a receiver that joined late starts
+/// wherever the sender is.
+const NOT_YET: u64 = u64::MAX;
+
+impl ChatFrames {
+    /// Frames with `size`-byte payloads (at least 12) among `conns` clients.
+    pub fn new(size: usize, conns: usize) -> Self {
+        Self {
+            size: size.max(12),
+            seen: vec![NOT_YET; conns * conns],
+            conns,
+        }
+    }
+}
+
+impl Workload for ChatFrames {
+    fn name(&self) -> &'static str {
+        "chat"
+    }
+
+    fn request(&mut self, number: usize, sequence: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(CHAT_MAGIC);
+        out.extend_from_slice(&(self.size as u32).to_be_bytes());
+        out.extend_from_slice(&(number as u32).to_be_bytes());
+        out.extend_from_slice(&sequence.to_be_bytes());
+        out.extend((12..self.size).map(|i| pattern_byte(number, sequence, i)));
+    }
+
+    fn responses(&mut self, number: usize, _: u64, input: &[u8]) -> Result<(u64, usize), String> {
+        let frame_len = 8 + self.size;
+        let mut own = 0;
+        let mut used = 0;
+        while input.len() - used >= frame_len {
+            let frame = &input[used..used + frame_len];
+            if &frame[..4] != CHAT_MAGIC || frame[4..8] != (self.size as u32).to_be_bytes() {
+                return Err("bad frame header".into());
+            }
+            let sender = u32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]) as usize;
+            let mut sequence_bytes = [0u8; 8];
+            sequence_bytes.copy_from_slice(&frame[12..20]);
+            let sequence = u64::from_be_bytes(sequence_bytes);
+            let slot = number * self.conns + sender;
+            let expected = self.seen.get(slot).copied().ok_or("unknown sender")?;
+            if expected != NOT_YET && sequence != expected {
+                return Err(format!(
+                    "from {sender}: frame {sequence}, expected {expected}"
+                ));
+            }
+            if (20..frame_len).any(|i| frame[i] != pattern_byte(sender, sequence, i - 8)) {
+                return Err(format!("payload of frame {sequence} from {sender} differs"));
+            }
+            self.seen[slot] = sequence + 1;
+            if sender == number {
+                own += 1;
+            }
+            used += frame_len;
+        }
+        Ok((own, used))
+    }
+}
+
+// --------------------------------------------------------------- output
+
+fn print_table(args: &LoadArgs, report: &LoadReport) {
     let mode = match args.rate {
-        Some(rate) => format!("open loop, {rate:.0} msg/s"),
+        Some(rate) => format!("open loop, {rate:.0} req/s"),
         None => format!("closed loop, depth {}", args.depth),
     };
     println!(
-        "echo {} B x {} conns, {} thread(s), {mode}, {:.1} s",
-        args.size,
+        "{} against {}: {} conns, {} thread(s), {mode}, {:.1} s",
+        report.workload,
+        args.target,
         args.conns,
         args.threads,
         report.elapsed.as_secs_f64()
     );
-    println!("  messages   {:>14}", report.messages);
-    println!("  msg/s      {:>14.0}", report.rate());
+    println!("  requests   {:>14}", report.messages);
+    println!("  req/s      {:>14.0}", report.rate());
     println!(
-        "  MiB/s      {:>14.1}",
+        "  MiB/s in   {:>14.1}",
         report.bytes as f64 / report.elapsed.as_secs_f64().max(1e-9) / (1 << 20) as f64
     );
     println!("  errors     {:>14}", report.errors);
     println!(
-        "  latency µs     p50 {:>9.1}  p90 {:>9.1}  p99 {:>9.1}  p99.9 {:>9.1}  max {:>9.1}",
+        "  latency µs  p50 {:>9.1}  p90 {:>9.1}  p99 {:>9.1}  p99.9 {:>9.1}  max {:>9.1}",
         report.latency_us(0.5),
         report.latency_us(0.9),
         report.latency_us(0.99),
@@ -437,18 +750,18 @@ fn print_table(args: &EchoLoadArgs, report: &LoadReport) {
     );
 }
 
-fn report_json(args: &EchoLoadArgs, report: &LoadReport) -> String {
+fn report_json(args: &LoadArgs, report: &LoadReport) -> String {
     let rate = args.rate.map_or("null".to_string(), |r| format!("{r}"));
     format!(
         concat!(
-            "{{\"workload\":\"echo\",\"target\":\"{}\",\"conns\":{},\"size\":{},\"depth\":{},",
+            "{{\"workload\":\"{}\",\"target\":\"{}\",\"conns\":{},\"depth\":{},",
             "\"threads\":{},\"rate\":{},\"elapsed_s\":{:.3},\"messages\":{},\"msgs_per_s\":{:.1},",
             "\"bytes_per_s\":{:.1},\"errors\":{},\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},",
             "\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1},\"mean\":{:.1}}}}}"
         ),
+        report.workload,
         args.target,
         args.conns,
-        args.size,
         args.depth,
         args.threads,
         rate,

@@ -1,5 +1,6 @@
 //! `netloop`: servers built on the netloop event core.
 
+mod bench;
 mod chat;
 mod echo;
 mod http;
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Benchmark netloop's own servers in-process: no setup, about a minute.
+    Bench(bench::BenchArgs),
     /// Run an echo server: every byte received is sent back.
     Echo(echo::EchoArgs),
     /// Run a chat server: length-prefixed frames relayed to every client.
@@ -37,6 +40,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => echo::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Load(command) => load::run(command),
         Command::Http(args) => http::run(args),
         Command::Chat(args) => chat::run(args),

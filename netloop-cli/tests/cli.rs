@@ -301,3 +301,99 @@ fn echo_works_in_every_thread_mode_and_stops_on_sigint() {
         }
     }
 }
+
+#[test]
+fn bench_runs_every_workload_in_process_and_exits_0() {
+    let out = Command::new(env!("CARGO_BIN_EXE_netloop"))
+        .args([
+            "bench",
+            "--duration",
+            "0.5",
+            "--workloads",
+            "echo,http,resp,chat",
+            "--depths",
+            "1,8",
+            "--conns",
+            "8",
+        ])
+        .output()
+        .expect("run bench");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for label in ["echo 64 B", "http hello", "resp set/get", "chat 64 B"] {
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with(label)).collect();
+        assert_eq!(rows.len(), 2, "{label} at depths 1 and 8:\n{table}");
+        for row in rows {
+            let columns: Vec<&str> = row.split_whitespace().collect();
+            let errors = columns.last().expect("errors column");
+            assert_eq!(*errors, "0", "{row}");
+            let rate: f64 = columns[columns.len() - 8].parse().expect("req/s");
+            assert!(rate > 0.0, "{row}");
+        }
+    }
+}
+
+fn load(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_netloop"))
+        .arg("load")
+        .args(args)
+        .output()
+        .expect("run load")
+}
+
+#[test]
+fn load_checks_every_workload_against_its_server_and_fails_on_wrong_answers() {
+    for (server_args, workload) in [
+        (&["echo"][..], &["echo", "--size", "100"][..]),
+        (&["http"][..], &["http"][..]),
+        (&["kv"][..], &["resp"][..]),
+        (
+            &["chat", "--threads", "2"][..],
+            &["chat", "--size", "32"][..],
+        ),
+    ] {
+        let mut args = server_args.to_vec();
+        args.extend_from_slice(&["--addr", "127.0.0.1:0", "--stop-timeout", "0.5"]);
+        let server = Server::start(&[], &args);
+        let addr = server.addr.to_string();
+        let mut load_args = workload.to_vec();
+        load_args.extend_from_slice(&[
+            "--target",
+            &addr,
+            "--conns",
+            "6",
+            "--depth",
+            "4",
+            "--duration",
+            "0.5",
+            "--json",
+        ]);
+        let out = load(&load_args);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{workload:?}: {report}");
+        assert!(report.contains("\"errors\":0"), "{report}");
+        assert!(!report.contains("\"messages\":0,"), "{report}");
+    }
+    // The echo check against a server that answers something else fails.
+    let http = Server::start(
+        &[],
+        &["http", "--addr", "127.0.0.1:0", "--stop-timeout", "0.5"],
+    );
+    let addr = http.addr.to_string();
+    let out = load(&[
+        "echo",
+        "--target",
+        &addr,
+        "--conns",
+        "2",
+        "--duration",
+        "0.5",
+        "--size",
+        "40",
+    ]);
+    assert!(!out.status.success(), "wrong echo bytes must fail the run");
+}

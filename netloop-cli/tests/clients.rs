@@ -51,11 +51,10 @@ impl Drop for Server {
 
 /// Runs a client tool; a missing tool fails with a hint, not a skip.
 fn tool(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
+    Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install it as .ci/run does"));
-    output
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install it as .ci/run does"))
 }
 
 fn text(bytes: &[u8]) -> String {
