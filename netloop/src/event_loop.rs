@@ -77,6 +77,9 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// How long an outbound connect may take ([`CloseReason::ConnectTimeout`]).
     pub connect_timeout: Duration,
+    /// How long a connection closed with output still queued may take to
+    /// deliver it before it is closed anyway (nginx's `send_timeout`).
+    pub close_timeout: Duration,
     /// Set `TCP_NODELAY` on accepted connections.
     pub nodelay: bool,
     /// Spare buffers kept for reuse.
@@ -100,6 +103,7 @@ impl Default for Config {
             accepts_per_event: 64,
             stop_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(30),
             nodelay: true,
             spare_buffers: 1024,
         }
@@ -834,9 +838,20 @@ impl<H: Handler> EventLoop<H> {
                 self.finalize(request.id, request.reason);
             } else {
                 // Keep the first reason: a later EOF does not rename a protocol error.
+                let first = conn.flags.closing.is_none();
                 conn.flags.closing.get_or_insert(request.reason);
                 conn.flags.read_paused = true;
                 self.core.schedule_flush(request.id);
+                if first {
+                    // A peer that never reads would hold the slot forever.
+                    let deadline = self
+                        .core
+                        .now_ns
+                        .saturating_add(duration_ns(self.core.config.close_timeout));
+                    self.core
+                        .timers
+                        .insert(deadline, TimerKind::CloseDeadline(request.id));
+                }
             }
         }
     }
@@ -985,6 +1000,12 @@ impl<H: Handler> EventLoop<H> {
                 TimerKind::AcceptResume => {
                     self.core.accept_paused = false;
                     self.core.sync_listeners();
+                }
+                TimerKind::CloseDeadline(id) => {
+                    if let Some(reason) = self.core.pool.get(id).and_then(|c| c.flags.closing) {
+                        self.core.request_close(id, reason, true);
+                        self.drain_closes();
+                    }
                 }
                 TimerKind::StopDeadline => {
                     for id in self.core.pool.ids() {

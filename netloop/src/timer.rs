@@ -26,6 +26,8 @@ pub(crate) enum TimerKind {
     User { conn: ConnId, data: u64 },
     /// Give up on an outbound connect still in progress.
     ConnectTimeout(ConnId),
+    /// Give up delivering a closing connection's output.
+    CloseDeadline(ConnId),
     /// Resume accepting after a pause (EMFILE and friends).
     AcceptResume,
     /// The graceful-stop deadline: close whatever is still open.

@@ -415,3 +415,42 @@ fn stale_conn_id_is_a_clean_error_not_an_action_on_the_new_owner() {
         "nothing else was written to it"
     );
 }
+
+/// Answers the first byte with a large reply and closes.
+struct FloodThenClose;
+
+impl Handler for FloodThenClose {
+    type State = ();
+
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+        let n = conn.input().len();
+        conn.consume(n);
+        conn.write(&vec![b'f'; 32 * MIB]);
+        conn.close();
+    }
+}
+
+#[test]
+fn close_with_output_a_peer_never_reads_gives_up_after_the_close_timeout() {
+    let config = Config {
+        close_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let mut event_loop = EventLoop::new(config, FloodThenClose).expect("loop");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let mut client = connect(addr);
+    client.write_all(b"go").expect("write");
+    turn_until(&mut event_loop, LIMIT, |l| l.stats().bytes_written > 0);
+    turn_for(&mut event_loop, Duration::from_millis(100));
+    assert_eq!(event_loop.connection_count(), 1, "still delivering");
+    let started = Instant::now();
+    turn_until(&mut event_loop, LIMIT, |l| l.connection_count() == 0);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(event_loop.stats().closed_for(CloseReason::Closed), 1);
+    assert!(
+        event_loop.stats().bytes_written < 32 * MIB as u64,
+        "it never drained"
+    );
+}
