@@ -13,15 +13,14 @@ use netloop::codec::frame::FrameConfig;
 use netloop::codec::http::HttpLimits;
 use netloop::codec::resp::RespLimits;
 use netloop::echo::Echo as EchoHandler;
-use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerHandler};
-use netloop::server::{Mode, Server, ServerConfig};
+use netloop::oneshot::WorkerHandler;
 use netloop::servers::chat::{Chat, Rooms};
 use netloop::servers::http::Hello;
 use netloop::servers::kv::{Kv, Store};
-use netloop::{Config, Handler, Stats};
+use netloop::{Handler, Stats};
 
 use crate::load::{self, ChatFrames, Echo, HttpGet, LoadArgs, LoadReport, RespSetGet, Workload};
-use crate::serve::{ModeArg, ServeError};
+use crate::serve::{self, ModeArg, PoolFull, ServeError, ServerArgs, TriggerArg};
 
 /// Options of `netloop bench`.
 #[derive(Args, Debug)]
@@ -159,64 +158,21 @@ fn run_one(args: &BenchArgs, kind: Kind, depth: usize) -> Result<Row, ServeError
     }
 }
 
-/// A server started for one measurement.
-struct Started {
-    addr: SocketAddr,
-    stop: Box<dyn FnOnce() -> Result<Vec<Stats>, netloop::Error>>,
-}
-
-fn start_server<H, F, W, G>(
-    args: &BenchArgs,
-    make_handler: F,
-    make_worker: Option<G>,
-) -> Result<Started, ServeError>
-where
-    H: Handler + 'static,
-    H::State: 'static,
-    F: Fn(usize) -> H + Send + Sync + 'static,
-    W: WorkerHandler + 'static,
-    W::State: 'static,
-    G: Fn(usize) -> W + Send + Sync + 'static,
-{
-    let addr: SocketAddr = "127.0.0.1:0"
-        .parse()
-        .map_err(|_| ServeError::Usage("address".into()))?;
-    if let (ModeArg::Oneshot, Some(make_worker)) = (args.mode, make_worker) {
-        let config = OneShotConfig {
-            threads: args.threads,
-            ..OneShotConfig::default()
-        };
-        let server = OneShotServer::start(addr, config, make_worker)?;
-        let stop = server.stopper();
-        return Ok(Started {
-            addr: server.local_addr(),
-            stop: Box::new(move || {
-                stop();
-                server.join()
-            }),
-        });
+/// The server options `netloop bench` runs each server with.
+fn server_args(args: &BenchArgs) -> ServerArgs {
+    ServerArgs {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        idle_timeout: None,
+        max_connections: 16_384,
+        pool_full: PoolFull::Close,
+        trigger: TriggerArg::Edge,
+        stop_timeout: 0.5,
+        threads: Some(args.threads),
+        mode: args.mode,
+        exclusive: false,
+        max_input: None,
+        high_water: 1024 * 1024,
     }
-    let config = ServerConfig {
-        threads: args.threads,
-        mode: match args.mode {
-            ModeArg::Acceptor => Mode::Acceptor,
-            _ => Mode::ReusePort,
-        },
-        loop_config: Config {
-            stop_timeout: Duration::from_millis(500),
-            ..Config::default()
-        },
-        ..ServerConfig::default()
-    };
-    let server = Server::start(addr, config, make_handler)?;
-    let stopper = server.stopper();
-    Ok(Started {
-        addr: server.local_addr(),
-        stop: Box::new(move || {
-            stopper.stop();
-            server.join()
-        }),
-    })
 }
 
 fn measure<H, F, W, G, L>(
@@ -237,12 +193,13 @@ where
     L: Workload + Clone,
 {
     let depth = load.depth;
-    let server = start_server(args, make_handler, make_worker)?;
+    let server = serve::start(&server_args(args), make_handler, make_worker)?;
     load.target = server.addr;
     let before = server_cpu_ticks();
     let report = load::run_load(&load, workload)?;
     let cpu_ticks = server_cpu_ticks().saturating_sub(before);
-    let per_loop = (server.stop)()?;
+    (server.stop)();
+    let per_loop = (server.join)()?;
     let mut stats = Stats::default();
     per_loop.iter().for_each(|s| stats.merge(s));
     Ok(Row {

@@ -132,21 +132,24 @@ impl ServerArgs {
     }
 }
 
-/// A server started by one of the modes, seen the same way by `serve`.
-struct Running {
-    addr: SocketAddr,
-    stop: Box<dyn Fn() + Send + Sync>,
-    join: Box<dyn FnOnce() -> Result<Vec<Stats>, netloop::Error>>,
+/// A server started by one of the modes, seen the same way whatever the mode.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Begins a graceful stop.
+    pub stop: Box<dyn Fn() + Send + Sync>,
+    /// Waits for the threads; each serving thread's stats.
+    pub join: Box<dyn FnOnce() -> Result<Vec<Stats>, netloop::Error>>,
 }
 
-/// Runs a server in the mode `args` picks until SIGINT or SIGTERM, then
-/// stops it gracefully. `make_handler(loop_index)` builds each loop's handler;
-/// `make_worker`, when the protocol has one, each one-shot worker's.
-pub fn serve<H, F, W, G>(
+/// Starts a server in the mode `args` picks. `make_handler(loop_index)`
+/// builds each loop's handler; `make_worker`, when the protocol has one,
+/// each one-shot worker's.
+pub fn start<H, F, W, G>(
     args: &ServerArgs,
     make_handler: F,
     make_worker: Option<G>,
-) -> Result<(), ServeError>
+) -> Result<Running, ServeError>
 where
     H: Handler + 'static,
     H::State: 'static,
@@ -155,14 +158,7 @@ where
     W::State: 'static,
     G: Fn(usize) -> W + Send + Sync + 'static,
 {
-    match rlimit::raise_nofile_limit() {
-        Ok(limit) => tracing::debug!(soft = limit.soft, hard = limit.hard, "RLIMIT_NOFILE"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
-    }
-    // Blocked before any thread starts, so every thread inherits the mask and
-    // the signals arrive only through the signalfd.
-    let signals = SignalFd::block(&[SIGINT, SIGTERM])?;
-    let running = match args.mode {
+    Ok(match args.mode {
         ModeArg::Oneshot => {
             let make_worker = make_worker
                 .ok_or_else(|| ServeError::Usage("this server has no one-shot mode".into()))?;
@@ -200,7 +196,33 @@ where
                 join: Box::new(move || server.join()),
             }
         }
-    };
+    })
+}
+
+/// Runs a server in the mode `args` picks until SIGINT or SIGTERM, then
+/// stops it gracefully. `make_handler(loop_index)` builds each loop's handler;
+/// `make_worker`, when the protocol has one, each one-shot worker's.
+pub fn serve<H, F, W, G>(
+    args: &ServerArgs,
+    make_handler: F,
+    make_worker: Option<G>,
+) -> Result<(), ServeError>
+where
+    H: Handler + 'static,
+    H::State: 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+    W: WorkerHandler + 'static,
+    W::State: 'static,
+    G: Fn(usize) -> W + Send + Sync + 'static,
+{
+    match rlimit::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(soft = limit.soft, hard = limit.hard, "RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
+    // Blocked before any thread starts, so every thread inherits the mask and
+    // the signals arrive only through the signalfd.
+    let signals = SignalFd::block(&[SIGINT, SIGTERM])?;
+    let running = start(args, make_handler, make_worker)?;
     announce(running.addr)?;
     let stop = running.stop;
     thread::Builder::new()

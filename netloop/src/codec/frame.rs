@@ -293,6 +293,7 @@ fn fuzz_stream(codec: &FrameDecoder, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::split;
     use proptest::prelude::*;
 
     fn config(width: LengthWidth, order: ByteOrder) -> FrameConfig {
@@ -495,19 +496,6 @@ mod tests {
             frames,
             end: End::Incomplete(buf.len()),
         }
-    }
-
-    fn split<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-        let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-        points.sort_unstable();
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        for point in points {
-            chunks.push(&data[start..point]);
-            start = point;
-        }
-        chunks.push(&data[start..]);
-        chunks
     }
 
     fn any_config() -> impl Strategy<Value = FrameConfig> {

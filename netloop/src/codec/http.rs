@@ -801,6 +801,7 @@ fn fuzz_stream(data: &[u8], limits: &HttpLimits) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::split;
     use proptest::prelude::*;
 
     fn parse(input: &[u8]) -> Result<Option<RequestHead>, HttpError> {
@@ -1391,19 +1392,6 @@ mod tests {
             self.failed = true;
             false
         }
-    }
-
-    fn split<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-        let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-        points.sort_unstable();
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        for point in points {
-            chunks.push(&data[start..point]);
-            start = point;
-        }
-        chunks.push(&data[start..]);
-        chunks
     }
 
     #[derive(Debug, Clone)]

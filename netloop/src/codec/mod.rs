@@ -42,6 +42,23 @@ pub fn push_i64(out: &mut Vec<u8>, value: i64) {
     push_u64(out, value.unsigned_abs());
 }
 
+/// Cuts `data` at the given points (taken modulo its length, in any order)
+/// into consecutive chunks: the property tests feed a decoder every such
+/// split of one byte stream.
+#[cfg(test)]
+pub(crate) fn split<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for point in points {
+        chunks.push(&data[start..point]);
+        start = point;
+    }
+    chunks.push(&data[start..]);
+    chunks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

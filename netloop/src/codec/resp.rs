@@ -595,6 +595,7 @@ fn fuzz_stream(data: &[u8], limits: &RespLimits) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::split;
     use proptest::prelude::*;
 
     type Args = Vec<Vec<u8>>;
@@ -939,19 +940,6 @@ mod tests {
         }
         let end = End::Incomplete(buf.len());
         Outcome { commands, end }
-    }
-
-    fn split<'a>(data: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-        let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-        points.sort_unstable();
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        for point in points {
-            chunks.push(&data[start..point]);
-            start = point;
-        }
-        chunks.push(&data[start..]);
-        chunks
     }
 
     /// Quotes `arg` so that `sdssplitargs` yields it back unchanged.
