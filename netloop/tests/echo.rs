@@ -8,41 +8,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netloop::echo::Echo;
-use netloop::{CloseReason, Config, Conn, EventLoop, Handler, PoolFullPolicy, Stats, Trigger};
-use support::{Rng, connect, echo_clients, read_exact, turn_for, turn_until};
+use netloop::{CloseReason, Config, Conn, EventLoop, Handler, PoolFullPolicy, Trigger};
+use support::{Rng, Running, connect, echo_clients, read_exact, turn_for, turn_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1024 * 1024;
 
-/// An echo server on its own thread; `finish` stops it and returns its stats.
-struct Server {
-    addr: SocketAddr,
-    handle: netloop::LoopHandle<()>,
-    thread: thread::JoinHandle<Stats>,
-}
-
-impl Server {
-    fn start(config: Config) -> Self {
-        let mut event_loop = EventLoop::new(config, Echo).expect("loop");
-        let addr = event_loop
-            .listen("127.0.0.1:0".parse().expect("addr"))
-            .expect("listen");
-        let handle = event_loop.handle();
-        let thread = thread::spawn(move || {
-            event_loop.run().expect("run");
-            event_loop.stats().clone()
-        });
-        Self {
-            addr,
-            handle,
-            thread,
-        }
-    }
-
-    fn finish(self) -> Stats {
-        self.handle.stop().expect("stop");
-        self.thread.join().expect("server thread")
-    }
+/// An echo server on its own thread.
+fn echo_server(config: Config) -> Running<()> {
+    Running::start(config, Echo)
 }
 
 fn payloads(count: usize, max: usize, seed: u64) -> Vec<Vec<u8>> {
@@ -77,7 +51,7 @@ fn raise_fd_limit() {
 #[test]
 fn echo_1000_concurrent_connections_random_sizes_up_to_1_mib_every_byte_checked() {
     raise_fd_limit();
-    let server = Server::start(Config::default());
+    let server = echo_server(Config::default());
     let all = payloads(1000, MIB, 0x5eed);
     let expected: usize = all.iter().map(Vec::len).sum();
     assert!(
@@ -103,7 +77,7 @@ fn echo_level_triggered_every_byte_checked() {
         trigger: Trigger::Level,
         ..Config::default()
     };
-    let server = Server::start(config);
+    let server = echo_server(config);
     let all = payloads(300, MIB, 0x1e7e1);
     let expected: usize = all.iter().map(Vec::len).sum();
     assert_eq!(run_clients(server.addr, all, 2), expected);

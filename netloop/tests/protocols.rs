@@ -5,7 +5,6 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,52 +14,10 @@ use netloop::codec::resp::RespLimits;
 use netloop::servers::chat::{Chat, Rooms};
 use netloop::servers::http::Hello;
 use netloop::servers::kv::{Kv, Store};
-use netloop::{CloseReason, Config, EventLoop, Handler, LoopHandle, Stats};
+use netloop::{CloseReason, Config};
+use support::Running;
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-struct Running<S: Send + 'static> {
-    addr: SocketAddr,
-    handle: LoopHandle<S>,
-    thread: thread::JoinHandle<Stats>,
-}
-
-impl<S: Send + 'static> Running<S> {
-    fn start<H: Handler<State = S> + Send + 'static>(config: Config, handler: H) -> Self {
-        // Tests finish with clients still connected; do not wait long for them.
-        let config = Config {
-            stop_timeout: Duration::from_millis(200),
-            ..config
-        };
-        let mut event_loop = EventLoop::new(config, handler).expect("loop");
-        let addr = event_loop
-            .listen("127.0.0.1:0".parse().expect("addr"))
-            .expect("listen");
-        let handle = event_loop.handle();
-        let thread = thread::spawn(move || {
-            event_loop.run().expect("run");
-            event_loop.stats().clone()
-        });
-        Self {
-            addr,
-            handle,
-            thread,
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        let (tx, rx) = mpsc::channel();
-        self.handle
-            .post(move |ctx| tx.send(ctx.stats().clone()).expect("send"))
-            .expect("post");
-        rx.recv_timeout(LIMIT).expect("stats")
-    }
-
-    fn finish(self) -> Stats {
-        self.handle.stop().expect("stop");
-        self.thread.join().expect("loop thread")
-    }
-}
 
 fn client(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).expect("connect");

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use netloop::sys::epoll::{EDGE, Epoll, Events, READ_HUP, READABLE, WRITABLE};
-use netloop::{CloseReason, Conn, ConnId, Ctx, EventLoop, Handler};
+use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
 
 /// What a [`Recorder`] saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,5 +298,49 @@ fn pump(conn: &mut ClientConn, scratch: &mut [u8], token: u64) -> usize {
             Err(e) if e.kind() == ErrorKind::WouldBlock => return got,
             Err(e) => panic!("connection {token}: read failed: {e}"),
         }
+    }
+}
+
+/// A loop running `handler` on its own thread.
+pub struct Running<S: Send + 'static> {
+    pub addr: SocketAddr,
+    handle: LoopHandle<S>,
+    thread: thread::JoinHandle<Stats>,
+}
+
+impl<S: Send + 'static> Running<S> {
+    pub fn start<H: Handler<State = S> + Send + 'static>(config: Config, handler: H) -> Self {
+        // Tests finish with clients still connected; do not wait long for them.
+        let config = Config {
+            stop_timeout: Duration::from_millis(200),
+            ..config
+        };
+        let mut event_loop = EventLoop::new(config, handler).expect("loop");
+        let addr = event_loop
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .expect("listen");
+        let handle = event_loop.handle();
+        let thread = thread::spawn(move || {
+            event_loop.run().expect("run");
+            event_loop.stats().clone()
+        });
+        Self {
+            addr,
+            handle,
+            thread,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let (tx, rx) = mpsc::channel();
+        self.handle
+            .post(move |ctx| tx.send(ctx.stats().clone()).expect("send"))
+            .expect("post");
+        rx.recv_timeout(Duration::from_secs(10)).expect("stats")
+    }
+
+    pub fn finish(self) -> Stats {
+        self.handle.stop().expect("stop");
+        self.thread.join().expect("loop thread")
     }
 }
