@@ -5,6 +5,8 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -447,10 +449,31 @@ fn chat_bad_magic_and_oversized_frames_close_only_their_sender() {
     assert_eq!(stats.closed_for(CloseReason::FrameTooLarge), 1);
 }
 
+/// A sender that waits for its readers to keep up.
+struct Pacer {
+    stream: TcpStream,
+    progress: Vec<Arc<AtomicUsize>>,
+}
+
+impl Pacer {
+    /// Waits until every reader has received all but `slack` of `sent` bytes.
+    fn wait_for_readers(&mut self, sent: usize, slack: usize) {
+        let deadline = Instant::now() + LIMIT;
+        while self
+            .progress
+            .iter()
+            .any(|p| p.load(Ordering::Acquire) + slack < sent)
+        {
+            assert!(Instant::now() < deadline, "the readers stalled");
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
 #[test]
 fn chat_a_client_that_stops_reading_is_cut_off_and_stalls_nobody() {
-    // The limit must exceed what one turn relays at once (a read budget).
-    let server = chat_server(2 << 20);
+    let limit = 4 << 20;
+    let server = chat_server(limit);
     let mut clients = members(&server, 3);
     // A small receive buffer, so the kernel cannot hide the backlog.
     socket2::SockRef::from(&clients[2])
@@ -461,18 +484,43 @@ fn chat_a_client_that_stops_reading_is_cut_off_and_stalls_nobody() {
     // 24 MiB to each member: past what the kernel buffers for the slow one
     // (a server send buffer of up to 4 MiB), and far past its limit.
     let frames = 3000;
-    let mut talker = clients[0].try_clone().expect("clone");
-    let sender = thread::spawn(move || {
-        for _ in 0..frames {
-            talker.write_all(&one).expect("write");
-        }
-    });
+    let expected = frames * one.len();
+    let talker_stream = clients[0].try_clone().expect("clone");
     // clients[0] and clients[1] read everything; clients[2] reads nothing.
-    let expected = frames * (payload.len() + 8);
+    let progress: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let readers: Vec<_> = clients
         .drain(..2)
-        .map(|mut c| thread::spawn(move || read_until(&mut c, |g| g.len() >= expected).len()))
+        .zip(progress.iter().cloned())
+        .map(|(mut c, seen)| {
+            thread::spawn(move || {
+                let mut total = 0;
+                let mut buf = vec![0u8; 1 << 16];
+                while total < expected {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                    seen.store(total, Ordering::Release);
+                }
+                total
+            })
+        })
         .collect();
+    let mut talker = Pacer {
+        stream: talker_stream,
+        progress,
+    };
+    // The talker paces itself by the fast readers, so however loaded the
+    // machine, they never fall a limit behind; only the one that does not
+    // read does.
+    let sender = thread::spawn(move || {
+        for sent in 0..frames {
+            if sent % 64 == 0 {
+                talker.wait_for_readers(sent * one.len(), limit / 2);
+            }
+            talker.stream.write_all(&one).expect("write");
+        }
+    });
     for r in readers {
         assert_eq!(r.join().expect("reader"), expected);
     }
