@@ -23,6 +23,8 @@ pub(crate) struct Connection<S> {
     pub(crate) idle_timer: Option<TimerId>,
     /// The connect timeout of an outbound connection still connecting.
     pub(crate) connect_timer: Option<TimerId>,
+    /// The deadline of a close waiting for its output to drain.
+    pub(crate) close_timer: Option<TimerId>,
     pub(crate) last_active_ns: u64,
     /// The interest currently registered (level-triggered mode only).
     pub(crate) interest: u32,
@@ -70,6 +72,7 @@ impl<S: Default> Connection<S> {
             peer,
             idle_timer: None,
             connect_timer: None,
+            close_timer: None,
             last_active_ns: now_ns,
             interest: 0,
             flags: Flags::default(),

@@ -440,6 +440,9 @@ impl<H: Handler> EventLoop<H> {
 
     /// Adds an already connected socket as a connection of this loop.
     pub fn adopt(&mut self, stream: TcpStream) -> Result<ConnId, Error> {
+        if self.core.stopping {
+            return Err(Error::LoopStopped);
+        }
         stream.set_nonblocking(true)?;
         let peer = stream.peer_addr().ok();
         self.open_connection(OwnedFd::from(stream), peer)
@@ -848,9 +851,13 @@ impl<H: Handler> EventLoop<H> {
                         .core
                         .now_ns
                         .saturating_add(duration_ns(self.core.config.close_timeout));
-                    self.core
+                    let timer = self
+                        .core
                         .timers
                         .insert(deadline, TimerKind::CloseDeadline(request.id));
+                    if let Some(conn) = self.core.pool.get_mut(request.id) {
+                        conn.close_timer = Some(timer);
+                    }
                 }
             }
         }
@@ -869,10 +876,12 @@ impl<H: Handler> EventLoop<H> {
         // Deleting explicitly matters when the fd was dup'd: close alone
         // would leave the registration alive for the duplicate.
         let _ = self.core.epoll.delete(conn.fd.as_raw_fd());
-        for timer in [conn.idle_timer.take(), conn.connect_timer.take()]
-            .into_iter()
-            .flatten()
-        {
+        let timers = [
+            conn.idle_timer.take(),
+            conn.connect_timer.take(),
+            conn.close_timer.take(),
+        ];
+        for timer in timers.into_iter().flatten() {
             self.core.timers.cancel(timer);
         }
         conn.input.consume(usize::MAX);
@@ -915,7 +924,10 @@ impl<H: Handler> EventLoop<H> {
             conn.output.release_if_empty(&mut core.buffers);
             if let Some(reason) = conn.flags.closing {
                 core.request_close(id, reason, true);
-            } else if conn.flags.shutdown_requested && !conn.flags.write_shut {
+            } else if conn.flags.shutdown_requested
+                && !conn.flags.write_shut
+                && !conn.flags.connecting
+            {
                 conn.flags.write_shut = true;
                 if socket::shutdown(&conn.fd, std::net::Shutdown::Write).is_err() {
                     core.request_close(id, CloseReason::Reset, true);
@@ -1148,12 +1160,14 @@ impl<S> Core<S> {
         let Some(conn) = self.pool.get_mut(id) else {
             return;
         };
-        let mut wanted = READ_HUP;
+        // Read-hangup only together with readable: once the peer's FIN is
+        // in, a level-triggered RDHUP would be reported on every wait.
+        let mut wanted = 0;
         if conn.flags.connecting {
             wanted |= WRITABLE;
         } else {
             if !conn.flags.read_paused && !conn.flags.peer_closed {
-                wanted |= READABLE;
+                wanted |= READABLE | READ_HUP;
             }
             if !conn.output.is_empty() {
                 wanted |= WRITABLE;
@@ -1175,13 +1189,18 @@ impl<S> Core<S> {
     }
 
     fn read_once(&mut self, id: ConnId, hangup: bool) -> ReadOutcome {
+        // Recorded even when reading is paused: the event that announced
+        // the FIN is consumed now, and the read resumed later must not
+        // trust a short read.
+        if let Some(conn) = self.pool.get_mut(id) {
+            conn.flags.hangup_seen |= hangup;
+        }
         if !self.may_read(id) {
             return ReadOutcome::Idle;
         }
         let Some(conn) = self.pool.get_mut(id) else {
             return ReadOutcome::Idle;
         };
-        conn.flags.hangup_seen |= hangup;
         let hangup = conn.flags.hangup_seen;
         self.stats.read_calls += 1;
         let min_room = self.buffers.chunk() / 4;
@@ -1368,6 +1387,10 @@ impl<S> Core<S> {
 
 impl<S: Default> Core<S> {
     fn connect(&mut self, addr: SocketAddr) -> Result<ConnId, Error> {
+        if self.stopping {
+            // A stop must finish: nothing new may start once it has begun.
+            return Err(Error::LoopStopped);
+        }
         if self.pool.is_full() {
             return Err(Error::PoolFull);
         }
@@ -1381,7 +1404,7 @@ impl<S: Default> Core<S> {
         let id = self.pool.insert(conn).map_err(|_| Error::PoolFull)?;
         let interest = match self.config.trigger {
             Trigger::Edge => self.initial_interest(),
-            Trigger::Level => WRITABLE | READ_HUP,
+            Trigger::Level => WRITABLE,
         };
         let deadline = self
             .now_ns

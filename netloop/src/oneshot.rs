@@ -446,17 +446,25 @@ impl<H: WorkerHandler> Worker<H::State, H> {
                 buffers: &mut self.buffers,
                 worker: self.index,
             });
-            // A greeting goes out now; what the kernel refuses waits for the
-            // first event.
+            // A greeting goes out now; what the kernel refuses waits for
+            // EPOLLOUT.
             if self.write_some(conn).is_err() {
                 self.finish(id, &mut entry, CloseReason::Reset);
                 return;
             }
         }
+        let interest = match entry.conn.as_ref().map(|conn| self.next_step(conn)) {
+            Some(After::Rearm(_, interest)) => interest,
+            Some(After::Close(reason)) => {
+                // on_open wrote its banner and closed.
+                self.finish(id, &mut entry, reason);
+                return;
+            }
+            None => return,
+        };
         drop(entry);
         // Armed only now, after on_open and with the slot unlocked: the
         // first event may go to another thread at once.
-        let interest = READABLE | READ_HUP | EDGE | ONESHOT;
         if let Err(e) = self.pool.epoll.add(raw, id.to_u64(), interest) {
             tracing::warn!(error = %e, "cannot register connection");
             let mut entry = lock(&pool.entries[index as usize]);
@@ -524,6 +532,12 @@ impl<H: WorkerHandler> Worker<H::State, H> {
         if let Err(reason) = self.write_some(conn) {
             return After::Close(reason);
         }
+        self.next_step(conn)
+    }
+
+    /// What to do with a connection once its event is served: close it,
+    /// or re-arm it for exactly what it waits for.
+    fn next_step(&self, conn: &Slot<H::State>) -> After {
         if conn.output.is_empty() {
             if let Some(reason) = conn.closing {
                 return After::Close(reason);
@@ -532,12 +546,14 @@ impl<H: WorkerHandler> Worker<H::State, H> {
                 return After::Close(CloseReason::PeerClosed);
             }
         }
-        let mut interest = READ_HUP | EDGE | ONESHOT;
+        let mut interest = EDGE | ONESHOT;
+        // Read-hangup only with readable: once the peer's FIN is in, a
+        // re-arm would report it again at once, forever.
         if !conn.peer_closed
             && conn.closing.is_none()
             && conn.output.len() <= self.pool.config.high_water
         {
-            interest |= READABLE;
+            interest |= READABLE | READ_HUP;
         }
         if !conn.output.is_empty() {
             interest |= WRITABLE;

@@ -428,3 +428,37 @@ fn close_with_output_a_peer_never_reads_gives_up_after_the_close_timeout() {
         "it never drained"
     );
 }
+
+#[test]
+fn a_fin_that_arrives_while_reading_is_paused_is_not_lost() {
+    // The peer sends more than the high-water mark, the server pauses
+    // reading, then the FIN arrives, and only then does the peer read: the
+    // FIN's event comes while reading is paused.
+    let config = Config {
+        high_water: 64 * 1024,
+        low_water: 16 * 1024,
+        ..Config::default()
+    };
+    let mut event_loop = EventLoop::new(config, Echo).expect("loop");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let mut client = connect(addr);
+    // Small enough for the kernel to take it all without the server reading.
+    let payload = Rng::new(9).bytes(512 * 1024);
+    client.write_all(&payload).expect("write");
+    turn_for(&mut event_loop, Duration::from_millis(100));
+    client.shutdown(Shutdown::Write).expect("FIN");
+    turn_for(&mut event_loop, Duration::from_millis(50));
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        client
+            .read_to_end(&mut got)
+            .expect("read to the server's close");
+        got
+    });
+    turn_until(&mut event_loop, LIMIT, |l| l.connection_count() == 0);
+    let got = reader.join().expect("reader");
+    assert!(got == payload, "everything echoed, then closed");
+    assert_eq!(event_loop.stats().closed_for(CloseReason::PeerClosed), 1);
+}
