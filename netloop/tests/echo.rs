@@ -462,3 +462,41 @@ fn a_fin_that_arrives_while_reading_is_paused_is_not_lost() {
     assert!(got == payload, "everything echoed, then closed");
     assert_eq!(event_loop.stats().closed_for(CloseReason::PeerClosed), 1);
 }
+
+/// Answers every byte with 64 KiB: small requests, replies that fill every buffer.
+struct Amplify;
+
+impl Handler for Amplify {
+    type State = ();
+
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+        let n = conn.input().len();
+        conn.consume(n);
+        for _ in 0..n {
+            conn.write(&[b'a'; 64 * 1024]);
+        }
+    }
+}
+
+#[test]
+fn level_triggered_loop_does_not_spin_on_a_half_closed_peer_that_never_reads() {
+    let config = Config {
+        trigger: Trigger::Level,
+        ..Config::default()
+    };
+    let server = Running::start(config, Amplify);
+    let mut c = TcpStream::connect(server.addr).expect("connect");
+    // 6.4 MiB of replies the peer will never read, then its FIN.
+    c.write_all(&[b'?'; 100]).expect("write");
+    c.shutdown(Shutdown::Write).expect("FIN");
+    thread::sleep(Duration::from_millis(300));
+    let before = server.stats().wait_calls;
+    thread::sleep(Duration::from_secs(1));
+    let waits = server.stats().wait_calls - before;
+    assert!(
+        waits < 100,
+        "the loop sleeps instead of being woken by RDHUP ({waits} waits in 1 s)"
+    );
+    server.finish();
+    drop(c);
+}

@@ -524,3 +524,61 @@ fn acceptor_hash_dispatch_keeps_one_peer_on_one_loop() {
         .collect();
     assert_eq!(accepted, vec![0, 0, 10]);
 }
+
+/// CPU ticks used so far by this process's threads whose name starts with `prefix`.
+fn thread_ticks(prefix: &str) -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            Some(fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// Answers every byte with 64 KiB: small requests, replies that fill every buffer.
+struct Amplify;
+
+impl WorkerHandler for Amplify {
+    type State = ();
+
+    fn on_data(&mut self, conn: &mut WorkerConn<'_, ()>) {
+        let n = conn.input().len();
+        conn.consume(n);
+        for _ in 0..n {
+            conn.write(&[b'a'; 64 * 1024]);
+        }
+    }
+}
+
+#[test]
+fn oneshot_a_half_closed_peer_that_never_reads_does_not_spin_a_worker() {
+    let config = OneShotConfig {
+        threads: 1,
+        stop_timeout: Duration::from_millis(200),
+        ..OneShotConfig::default()
+    };
+    let server = OneShotServer::start("127.0.0.1:0".parse().expect("addr"), config, |_| Amplify)
+        .expect("start");
+    let mut c = TcpStream::connect(server.local_addr()).expect("connect");
+    // 6.4 MiB of replies the peer will never read, then its FIN.
+    c.write_all(&[b'?'; 100]).expect("write");
+    c.shutdown(Shutdown::Write).expect("FIN");
+    thread::sleep(Duration::from_millis(300));
+    let before = thread_ticks("netloop-oneshot");
+    thread::sleep(Duration::from_secs(1));
+    let used = thread_ticks("netloop-oneshot") - before;
+    assert!(
+        used < 20,
+        "the worker is idle, not re-arming in a loop ({used} ticks in 1 s)"
+    );
+    server.stopper()();
+    server.join().expect("join");
+    drop(c);
+}
