@@ -2,51 +2,16 @@
 //! against `netloop http`, redis-cli and redis-benchmark against `netloop kv`.
 //! `.ci/run` installs them (Debian: curl, wrk, redis-tools).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+mod support;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
+use std::process::{Command, Output};
 
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netloop"))
-            .args(args)
-            .args(["--addr", "127.0.0.1:0", "--stop-timeout", "0.5"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn netloop");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        Self { child, addr }
-    }
+use support::Server;
 
-    fn port(&self) -> String {
-        self.addr.port().to_string()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(args: &[&str]) -> Server {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--addr", "127.0.0.1:0", "--stop-timeout", "0.5"]);
+    Server::start(&[], &all)
 }
 
 /// Runs a client tool; a missing tool fails with a hint, not a skip.
@@ -63,7 +28,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn curl_reuses_the_connection_speaks_http_1_0_and_head() {
-    let server = Server::start(&["http", "--threads", "1"]);
+    let server = start(&["http", "--threads", "1"]);
     let out = tool("curl", &["-sv", &server.url("/"), &server.url("/again")]);
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), "Hello, World!Hello, World!");
@@ -86,7 +51,7 @@ fn curl_reuses_the_connection_speaks_http_1_0_and_head() {
 
 #[test]
 fn wrk_short_run_has_no_errors() {
-    let server = Server::start(&["http", "--threads", "1"]);
+    let server = start(&["http", "--threads", "1"]);
     let out = tool("wrk", &["-t1", "-c32", "-d2s", &server.url("/")]);
     let report = text(&out.stdout);
     assert!(out.status.success(), "{report}");
@@ -97,7 +62,7 @@ fn wrk_short_run_has_no_errors() {
 
 #[test]
 fn redis_cli_works_against_netloop_kv() {
-    let server = Server::start(&["kv", "--threads", "2"]);
+    let server = start(&["kv", "--threads", "2"]);
     let port = server.port();
     let cli = |args: &[&str]| {
         let mut all = vec!["-p", port.as_str()];
@@ -124,7 +89,7 @@ fn redis_cli_works_against_netloop_kv() {
 
 #[test]
 fn redis_benchmark_ping_set_get_plain_and_pipelined_has_no_errors() {
-    let server = Server::start(&["kv", "--threads", "1"]);
+    let server = start(&["kv", "--threads", "1"]);
     let port = server.port();
     for pipeline in ["1", "16"] {
         let out = tool(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use netloop::echo::Echo;
 use netloop::{CloseReason, Config, Conn, EventLoop, Handler, PoolFullPolicy, Trigger};
-use support::{Rng, Running, connect, echo_clients, read_exact, turn_for, turn_until};
+use support::{Amplify, Rng, Running, connect, echo_clients, read_exact, turn_for, turn_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1024 * 1024;
@@ -461,21 +461,6 @@ fn a_fin_that_arrives_while_reading_is_paused_is_not_lost() {
     let got = reader.join().expect("reader");
     assert!(got == payload, "everything echoed, then closed");
     assert_eq!(event_loop.stats().closed_for(CloseReason::PeerClosed), 1);
-}
-
-/// Answers every byte with 64 KiB: small requests, replies that fill every buffer.
-struct Amplify;
-
-impl Handler for Amplify {
-    type State = ();
-
-    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
-        let n = conn.input().len();
-        conn.consume(n);
-        for _ in 0..n {
-            conn.write(&[b'a'; 64 * 1024]);
-        }
-    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use netloop::echo::Echo;
 use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerConn, WorkerHandler};
 use netloop::server::{Dispatch, Mode, Server, ServerConfig};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
-use support::{Rng, connect, echo_clients, read_exact};
+use support::{Amplify, Rng, connect, echo_clients, read_exact};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -540,21 +540,6 @@ fn thread_ticks(prefix: &str) -> u64 {
             Some(fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?)
         })
         .sum()
-}
-
-/// Answers every byte with 64 KiB: small requests, replies that fill every buffer.
-struct Amplify;
-
-impl WorkerHandler for Amplify {
-    type State = ();
-
-    fn on_data(&mut self, conn: &mut WorkerConn<'_, ()>) {
-        let n = conn.input().len();
-        conn.consume(n);
-        for _ in 0..n {
-            conn.write(&[b'a'; 64 * 1024]);
-        }
-    }
 }
 
 #[test]

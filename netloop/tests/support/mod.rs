@@ -344,3 +344,35 @@ impl<S: Send + 'static> Running<S> {
         self.thread.join().expect("loop thread")
     }
 }
+
+/// Answers every byte with 64 KiB: small requests, replies that fill every
+/// buffer. For the loop and for one-shot workers.
+pub struct Amplify;
+
+impl Amplify {
+    fn reply(input_len: usize, mut write: impl FnMut(&[u8])) {
+        for _ in 0..input_len {
+            write(&[b'a'; 64 * 1024]);
+        }
+    }
+}
+
+impl Handler for Amplify {
+    type State = ();
+
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+        let n = conn.input().len();
+        conn.consume(n);
+        Amplify::reply(n, |bytes| conn.write(bytes));
+    }
+}
+
+impl netloop::oneshot::WorkerHandler for Amplify {
+    type State = ();
+
+    fn on_data(&mut self, conn: &mut netloop::oneshot::WorkerConn<'_, ()>) {
+        let n = conn.input().len();
+        conn.consume(n);
+        Amplify::reply(n, |bytes| conn.write(bytes));
+    }
+}
