@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use netloop::echo::Echo;
 use netloop::{CloseReason, Config, Conn, EventLoop, Handler, PoolFullPolicy, Trigger};
-use support::{Amplify, Rng, Running, connect, echo_clients, read_exact, turn_for, turn_until};
+use support::{
+    Amplify, Rng, Running, connect, echo_clients, payloads, read_exact, turn_for, turn_until,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1024 * 1024;
@@ -17,16 +19,6 @@ const MIB: usize = 1024 * 1024;
 /// An echo server on its own thread.
 fn echo_server(config: Config) -> Running<()> {
     Running::start(config, Echo)
-}
-
-fn payloads(count: usize, max: usize, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = Rng::new(seed);
-    (0..count)
-        .map(|_| {
-            let n = rng.size_up_to(max);
-            rng.bytes(n)
-        })
-        .collect()
 }
 
 /// Runs `threads` client threads sharing `all` payloads against `addr`.

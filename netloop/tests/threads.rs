@@ -16,19 +16,9 @@ use netloop::echo::Echo;
 use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerConn, WorkerHandler};
 use netloop::server::{Dispatch, Mode, Server, ServerConfig};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
-use support::{Amplify, Rng, connect, echo_clients, read_exact};
+use support::{Amplify, Rng, connect, echo_clients, payloads, read_exact};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn payloads(count: usize, max: usize, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = Rng::new(seed);
-    (0..count)
-        .map(|_| {
-            let n = rng.size_up_to(max);
-            rng.bytes(n)
-        })
-        .collect()
-}
 
 /// 1000 connections from two client threads; returns the bytes echoed.
 fn thousand_clients(addr: SocketAddr, seed: u64) -> (usize, usize) {

@@ -190,6 +190,17 @@ impl Rng {
     }
 }
 
+/// `count` payloads of log-uniform random sizes up to `max` bytes.
+pub fn payloads(count: usize, max: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(seed);
+    (0..count)
+        .map(|_| {
+            let n = rng.size_up_to(max);
+            rng.bytes(n)
+        })
+        .collect()
+}
+
 struct ClientConn {
     stream: TcpStream,
     payload: Vec<u8>,
