@@ -65,6 +65,23 @@ impl Buffer {
         self.storage.extend_from_slice(bytes);
     }
 
+    /// Moves every readable byte of `source` to the end of this buffer,
+    /// leaving `source` empty. When this buffer is empty the two swap
+    /// memory instead of copying (a relay moves buffers, it does not copy).
+    pub(crate) fn append_from(&mut self, source: &mut Buffer, pool: &mut BufferPool) {
+        if source.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            self.release_if_empty(pool);
+            std::mem::swap(self, source);
+            return;
+        }
+        self.extend_from_slice(source.as_slice(), pool);
+        source.consume(usize::MAX);
+        source.release_if_empty(pool);
+    }
+
     /// The readable bytes as a `Vec` to append to (codec encoders write
     /// straight into it); the consumed prefix is dropped first.
     pub(crate) fn as_vec(&mut self, pool: &mut BufferPool) -> &mut Vec<u8> {
@@ -199,6 +216,24 @@ mod tests {
         assert_eq!(pool.spare_bytes(), 1024);
         buf.extend_from_slice(b"x", &mut pool);
         assert_eq!(pool.spare_bytes(), 0, "the spare was reused");
+    }
+
+    #[test]
+    fn append_from_an_empty_target_moves_the_memory() {
+        let mut pool = BufferPool::new(1024, 4);
+        let mut input = Buffer::new();
+        let mut output = Buffer::new();
+        input.extend_from_slice(b"relayed", &mut pool);
+        let memory = input.as_slice().as_ptr();
+        output.append_from(&mut input, &mut pool);
+        assert_eq!(output.as_slice(), b"relayed");
+        assert_eq!(output.as_slice().as_ptr(), memory, "moved, not copied");
+        assert!(input.is_empty());
+        assert_eq!(input.capacity(), 0);
+        input.extend_from_slice(b" more", &mut pool);
+        output.append_from(&mut input, &mut pool);
+        assert_eq!(output.as_slice(), b"relayed more");
+        assert!(input.is_empty());
     }
 
     proptest! {

@@ -23,11 +23,3 @@ impl Handler for Echo {
         parts.input.consume(usize::MAX);
     }
 }
-
-impl crate::oneshot::WorkerHandler for Echo {
-    type State = ();
-
-    fn on_data(&mut self, conn: &mut crate::oneshot::WorkerConn<'_, ()>) {
-        conn.echo_input();
-    }
-}

@@ -22,6 +22,9 @@ pub enum Error {
     /// The connection this id named has closed; its slot may hold another.
     #[error("connection {0} is closed")]
     StaleConn(ConnId),
+    /// An operation between two connections named the same one twice.
+    #[error("connection {0} cannot be both ends")]
+    SameConn(ConnId),
     /// The connection pool is full.
     #[error("the connection pool is full")]
     PoolFull,

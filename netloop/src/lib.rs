@@ -32,31 +32,73 @@
 //! event_loop.run()?;
 //! # Ok::<(), netloop::Error>(())
 //! ```
+//!
+//! Connections can be paired, as a proxy pairs a client with its upstream:
+//! [`Ctx::connect`] starts one with its own state, [`Conn::forward_input`]
+//! moves one side's input to the other's output without a copy,
+//! [`ConnRef::pause_reading`] and [`Handler::on_drained`] carry
+//! backpressure across, and [`AfterEof::KeepWriting`] keeps a half-closed
+//! connection sending. `examples/proxy.rs` shows all of it.
+//!
+//! Several loops on several threads, or one-shot workers for handlers
+//! that block, are in [`server`].
 
 #![warn(missing_docs)]
 
-pub mod buffer;
-pub mod codec;
-mod conn;
-pub mod echo;
+// The module graph runs one way, from the system layer up to the loop and
+// the servers built of loops.
+mod sys;
+
+mod buffer;
+mod close_reason;
+mod config;
 mod error;
-mod event_loop;
-pub mod oneshot;
+mod occupants;
 mod pool;
-pub mod server;
-pub mod servers;
 mod stats;
-pub mod sys;
 mod timer;
 mod token;
+
+mod connection;
+mod slots;
 mod waker;
 
+mod core;
+mod ctx;
+
+mod conn;
+mod handle;
+mod handler;
+
+mod accept;
+mod callback;
+mod close;
+mod event_loop;
+mod io;
+mod timeouts;
+
+pub mod echo;
+pub mod server;
+
 pub use buffer::Buffer;
+pub use close_reason::CloseReason;
+pub use config::{Config, PoolFullPolicy, Trigger};
 pub use conn::{Conn, ConnParts, Output};
+pub use connection::{AfterEof, rdhup_supported};
+pub use ctx::{ConnRef, Ctx};
 pub use error::Error;
-pub use event_loop::{Config, Ctx, EventLoop, Handler, PoolFullPolicy, Trigger, rdhup_supported};
-pub use stats::{CloseReason, Stats};
-pub use sys::epoll::Event;
+pub use event_loop::EventLoop;
+pub use handle::{LoopHandle, Task};
+pub use handler::Handler;
+pub use stats::Stats;
+pub use sys::socket::ListenOptions;
 pub use timer::TimerId;
 pub use token::ConnId;
-pub use waker::{LoopHandle, Task};
+
+/// What tests need to build `epoll_wait` batches by hand and feed them to
+/// [`EventLoop::dispatch_batch`]. Enabled by the `testing` feature; not
+/// part of the stable API.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::sys::epoll::{EDGE, ERROR, Epoll, Event, Events, HUP, READ_HUP, READABLE, WRITABLE};
+}

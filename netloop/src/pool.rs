@@ -82,6 +82,18 @@ impl<T> Pool<T> {
         slot.value.as_mut()
     }
 
+    /// Mutable access to two different current occupants at once.
+    pub(crate) fn get2_mut(&mut self, a: ConnId, b: ConnId) -> Option<(&mut T, &mut T)> {
+        if a.index() == b.index() || !self.contains(a) || !self.contains(b) {
+            return None;
+        }
+        let [first, second] = self
+            .slots
+            .get_disjoint_mut([a.index() as usize, b.index() as usize])
+            .ok()?;
+        Some((first.value.as_mut()?, second.value.as_mut()?))
+    }
+
     /// Whether `id` names a current occupant.
     pub(crate) fn contains(&self, id: ConnId) -> bool {
         self.get(id).is_some()
@@ -149,6 +161,20 @@ mod tests {
             "a stale remove leaves the occupant alone"
         );
         assert_eq!(pool.get(b2), Some(&3));
+    }
+
+    #[test]
+    fn two_occupants_at_once_but_never_the_same_or_a_stale_one() {
+        let mut pool = Pool::with_capacity(4);
+        let a = pool.insert(1).unwrap();
+        let b = pool.insert(2).unwrap();
+        if let Some((x, y)) = pool.get2_mut(a, b) {
+            std::mem::swap(x, y);
+        }
+        assert_eq!((pool.get(a), pool.get(b)), (Some(&2), Some(&1)));
+        assert!(pool.get2_mut(a, a).is_none());
+        pool.remove(b);
+        assert!(pool.get2_mut(a, b).is_none(), "b is stale");
     }
 
     #[test]

@@ -18,12 +18,14 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
-use crate::Conn;
+use crate::config::Config;
+use crate::conn::Conn;
 use crate::error::Error;
-use crate::event_loop::{Config, EventLoop, Handler};
+use crate::event_loop::EventLoop;
+use crate::handle::LoopHandle;
+use crate::handler::Handler;
 use crate::stats::Stats;
 use crate::sys::socket::{self, ListenOptions};
-use crate::waker::LoopHandle;
 
 /// How the loops of a [`Server`] get their connections.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -357,7 +359,7 @@ impl Handler for AcceptOnly {
     type State = ();
 
     fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
-        conn.abort(crate::CloseReason::Closed);
+        conn.abort(crate::close_reason::CloseReason::Closed);
     }
 }
 
@@ -372,7 +374,7 @@ fn spawn_acceptor<S: 'static>(
         ..config.loop_config.clone()
     };
     let setup = move |event_loop: &mut EventLoop<AcceptOnly>| {
-        event_loop.set_handoff(Box::new(move |fd, peer| distributor.hand_off(fd, peer)));
+        event_loop.handoff = Some(Box::new(move |fd, peer| distributor.hand_off(fd, peer)));
         event_loop.listen(addr).map(Some)
     };
     let (thread, ready) = spawn_loop(usize::MAX, acceptor_config, || AcceptOnly, setup)?;

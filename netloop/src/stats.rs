@@ -1,86 +1,6 @@
 //! Counters a loop keeps about itself.
 
-use std::fmt;
-
-/// Why a connection ended. Every close carries one, the handler sees it in
-/// [`Handler::on_close`](crate::Handler::on_close), and [`Stats`] counts them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// The peer sent FIN (and any queued output was delivered first).
-    PeerClosed,
-    /// The peer reset the connection, or a read or write failed.
-    Reset,
-    /// No traffic for longer than the idle timeout.
-    IdleTimeout,
-    /// The pool was full when the connection arrived.
-    PoolFull,
-    /// The loop was stopping.
-    Shutdown,
-    /// The handler closed it.
-    Closed,
-    /// A frame announced a length over the limit.
-    FrameTooLarge,
-    /// A frame did not start with the expected magic.
-    BadMagic,
-    /// The peer broke the protocol in some other way.
-    ProtocolError,
-    /// Buffered input passed the per-connection input limit.
-    InputLimit,
-    /// Queued output passed the per-connection output limit (a slow reader).
-    OutputLimit,
-    /// An outbound connection was refused or failed to connect.
-    ConnectFailed,
-    /// An outbound connection did not connect within the connect timeout.
-    ConnectTimeout,
-}
-
-impl CloseReason {
-    /// Every reason, in the order [`Stats::closed`] counts them.
-    pub const ALL: [CloseReason; 13] = [
-        CloseReason::PeerClosed,
-        CloseReason::Reset,
-        CloseReason::IdleTimeout,
-        CloseReason::PoolFull,
-        CloseReason::Shutdown,
-        CloseReason::Closed,
-        CloseReason::FrameTooLarge,
-        CloseReason::BadMagic,
-        CloseReason::ProtocolError,
-        CloseReason::InputLimit,
-        CloseReason::OutputLimit,
-        CloseReason::ConnectFailed,
-        CloseReason::ConnectTimeout,
-    ];
-
-    /// A short lowercase name, for logs and tables.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::Reset => "reset",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::PoolFull => "pool_full",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Closed => "closed",
-            CloseReason::FrameTooLarge => "frame_too_large",
-            CloseReason::BadMagic => "bad_magic",
-            CloseReason::ProtocolError => "protocol_error",
-            CloseReason::InputLimit => "input_limit",
-            CloseReason::OutputLimit => "output_limit",
-            CloseReason::ConnectFailed => "connect_failed",
-            CloseReason::ConnectTimeout => "connect_timeout",
-        }
-    }
-
-    const fn slot(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::close_reason::CloseReason;
 
 /// A loop's counters. Plain integers, updated only by the loop's own thread.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,6 +38,10 @@ pub struct Stats {
     /// One-shot mode: events whose connection another thread was still
     /// serving. Always zero unless one-shot exclusivity is broken.
     pub oneshot_contention: u64,
+    /// Handler callbacks that panicked. Each cost its connection only
+    /// (closed with [`CloseReason::HandlerPanic`]), or, for a posted task or
+    /// `on_close`, nothing but the task itself.
+    pub handler_panics: u64,
     /// Turns that found posted work (a budget-limited read or a resume).
     pub posted_runs: u64,
 }
@@ -125,7 +49,7 @@ pub struct Stats {
 impl Stats {
     /// How many connections closed for `reason`.
     pub fn closed_for(&self, reason: CloseReason) -> u64 {
-        self.closed[reason.slot()]
+        self.closed[reason.counter()]
     }
 
     /// All connections closed, whatever the reason.
@@ -134,7 +58,7 @@ impl Stats {
     }
 
     pub(crate) fn count_close(&mut self, reason: CloseReason) {
-        self.closed[reason.slot()] += 1;
+        self.closed[reason.counter()] += 1;
     }
 
     /// Adds another loop's counters to these (for per-process totals).
@@ -154,6 +78,7 @@ impl Stats {
         self.read_calls += other.read_calls;
         self.write_calls += other.write_calls;
         self.posted_runs += other.posted_runs;
+        self.handler_panics += other.handler_panics;
         self.rearms += other.rearms;
         self.oneshot_contention += other.oneshot_contention;
     }

@@ -17,6 +17,14 @@ pub struct TimerId {
     sequence: u64,
 }
 
+impl TimerId {
+    /// An id no timer ever has: cancelling it is a no-op.
+    pub(crate) const UNARMED: TimerId = TimerId {
+        deadline_ns: u64::MAX,
+        sequence: u64::MAX,
+    };
+}
+
 /// What a timer does when it expires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TimerKind {

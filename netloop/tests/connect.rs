@@ -57,7 +57,7 @@ fn echo_server() -> (
 fn connect_completes_then_output_written_before_and_after_is_delivered() {
     let (addr, server, thread) = echo_server();
     let mut client = EventLoop::new(Config::default(), Greeter::default()).expect("client");
-    let id = client.connect(addr).expect("connect");
+    let id = client.connect(addr, ()).expect("connect");
     // Queued while the connect is still in progress: sent once it is up.
     client.handle().write(id, b"hello".to_vec()).expect("queue");
     turn_until(&mut client, LIMIT, |l| l.handler().received.len() == 11);
@@ -81,7 +81,7 @@ fn refused_connect_closes_with_connect_failed() {
         .local_addr()
         .expect("addr");
     let mut client = EventLoop::new(Config::default(), Greeter::default()).expect("client");
-    let id = client.connect(port).expect("connect starts");
+    let id = client.connect(port, ()).expect("connect starts");
     turn_until(&mut client, LIMIT, |l| !l.handler().closed.is_empty());
     assert_eq!(
         client.handler().closed,
@@ -116,7 +116,7 @@ fn connect_that_never_completes_times_out() {
         ..Config::default()
     };
     let mut client = EventLoop::new(config, Greeter::default()).expect("client");
-    let id = client.connect(addr).expect("connect starts");
+    let id = client.connect(addr, ()).expect("connect starts");
     turn_until(&mut client, LIMIT, |l| !l.handler().closed.is_empty());
     assert_eq!(
         client.handler().closed,

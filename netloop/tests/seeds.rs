@@ -8,8 +8,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use netloop::sys::epoll::{READABLE, WRITABLE};
-use netloop::{CloseReason, Config, ConnId, Event, EventLoop};
+use netloop::testing::{READABLE, WRITABLE};
+use netloop::testing::Event;
+use netloop::{CloseReason, Config, ConnId, EventLoop};
 use support::{Plan, Recorder, Seen, connect, read_exact, turn_for, turn_until};
 
 const LIMIT: Duration = Duration::from_secs(10);

@@ -140,6 +140,7 @@ impl Events {
     }
 
     /// Whether the last wait returned no events.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

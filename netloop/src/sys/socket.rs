@@ -1,6 +1,6 @@
 //! Sockets: listeners, accept4, and the read/write calls of the data path.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -86,12 +86,6 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
     Ok((fd, addr.as_socket()))
 }
 
-/// Reads into `buf`; `Ok(0)` is end of stream.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for `buf.len()` writable bytes for the whole call.
-    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
-}
-
 /// Reads into the spare capacity of `buf`, appending what arrives;
 /// `Ok(0)` is end of stream (or no spare capacity).
 pub fn read_append(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
@@ -112,18 +106,6 @@ pub fn read_append(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for `buf.len()` readable bytes for the whole call.
     cvt_size(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })
-}
-
-/// Writes several buffers in one call (`sendmsg`, gathering, without SIGPIPE).
-pub fn write_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: an all-zero msghdr is a valid empty message.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is guaranteed ABI-compatible with iovec on Unix.
-    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-    // SAFETY: msg_iov points at `msg_iovlen` valid iovecs borrowed for the call;
-    // the kernel only reads them.
-    cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })
 }
 
 /// Shuts down one or both halves of a connected socket.

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netloop::sys::epoll::{EDGE, Epoll, Events, READ_HUP, READABLE, WRITABLE};
+use netloop::testing::{EDGE, Epoll, Events, READ_HUP, READABLE, WRITABLE};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
 
 /// What a [`Recorder`] saw, in order.
@@ -93,10 +93,10 @@ impl Handler for Recorder {
             bytes,
         });
         match self.plans.remove(&conn.id()) {
-            Some(Plan::Close(other)) => conn.close_conn(other).expect("victim is open"),
+            Some(Plan::Close(other)) => conn.conn(other).expect("victim is open").close(),
             Some(Plan::CloseNewest) => {
                 let newest = self.newest.expect("something opened");
-                conn.close_conn(newest).expect("newest is open");
+                conn.conn(newest).expect("newest is open").close();
             }
             Some(Plan::DupAndClose) => {
                 self.kept_fds.push(conn.try_clone_fd().expect("dup"));
@@ -110,6 +110,20 @@ impl Handler for Recorder {
     fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, id: ConnId, _: (), reason: CloseReason) {
         self.seen.push(Seen::Close { id, reason });
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, for tests that open
+/// thousands of sockets.
+pub fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit; raising the soft limit to the hard one is allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
 }
 
 /// Runs turns until `done` holds or `limit` passes; panics on timeout.
@@ -372,16 +386,6 @@ impl Handler for Amplify {
     type State = ();
 
     fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
-        let n = conn.input().len();
-        conn.consume(n);
-        Amplify::reply(n, |bytes| conn.write(bytes));
-    }
-}
-
-impl netloop::oneshot::WorkerHandler for Amplify {
-    type State = ();
-
-    fn on_data(&mut self, conn: &mut netloop::oneshot::WorkerConn<'_, ()>) {
         let n = conn.input().len();
         conn.consume(n);
         Amplify::reply(n, |bytes| conn.write(bytes));

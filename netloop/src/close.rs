@@ -1,0 +1,124 @@
+//! Closing: requests made during a turn are carried out between callbacks,
+//! never inside one, so a connection a callback is about cannot vanish
+//! under it; and the graceful stop.
+
+use std::os::fd::AsRawFd;
+
+use crate::close_reason::CloseReason;
+use crate::connection::{Phase, WriteSide};
+use crate::core::{CloseMode, CloseRequest, Core};
+use crate::event_loop::EventLoop;
+use crate::handler::Handler;
+use crate::timer::TimerKind;
+use crate::token::ConnId;
+
+impl<H: Handler> EventLoop<H> {
+    /// Carries out close requests, including those made by `on_close` itself.
+    pub(crate) fn drain_closes(&mut self) {
+        while let Some(request) = self.core.close_requests.pop() {
+            self.carry_out(request);
+        }
+    }
+
+    fn carry_out(&mut self, request: CloseRequest) {
+        let CloseRequest { id, reason, mode } = request;
+        let Some(conn) = self.core.conns.get_mut(id) else {
+            return;
+        };
+        if mode == CloseMode::Now || conn.output.is_empty() || conn.is_connecting() {
+            self.finalize(id, reason);
+            return;
+        }
+        if conn.closing_reason().is_some() {
+            // Keep the first reason: a later EOF does not rename a protocol error.
+            return;
+        }
+        // A peer that never reads would hold the slot forever.
+        let deadline = self.core.clock.after(self.core.config.close_timeout);
+        let deadline = self
+            .core
+            .timers
+            .insert(deadline, TimerKind::CloseDeadline(id));
+        if let Some(conn) = self.core.conns.get_mut(id) {
+            let reason = stopping_renames(conn.phase, reason);
+            conn.phase = Phase::Closing { reason, deadline };
+        }
+        self.core.schedule_flush(id);
+        self.core.update_interest(id);
+    }
+
+    fn finalize(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(mut conn) = self.core.conns.remove(id) else {
+            return;
+        };
+        self.core.occupants.publish_close(id);
+        let reason = stopping_renames(conn.phase, reason);
+        // Deleting explicitly matters when the fd was dup'd: close alone
+        // would leave the registration alive for the duplicate.
+        let _ = self.core.epoll.delete(conn.fd.as_raw_fd());
+        let timers = [
+            conn.idle_timer.take(),
+            match conn.phase {
+                Phase::Connecting { timeout } => Some(timeout),
+                Phase::Closing { deadline, .. } => Some(deadline),
+                Phase::Open | Phase::Stopping => None,
+            },
+        ];
+        for timer in timers.into_iter().flatten() {
+            self.core.timers.cancel(timer);
+        }
+        conn.release_buffers(&mut self.core.buffers);
+        self.core.stats.count_close(reason);
+        tracing::trace!(%id, %reason, "connection closed");
+        let state = conn.state;
+        drop(conn.fd);
+        self.core.slot_freed();
+        self.call_with_ctx("on_close", |handler, ctx| {
+            handler.on_close(ctx, id, state, reason)
+        });
+    }
+}
+
+/// A connection closed while the loop stops closes as `Shutdown`, unless
+/// it failed on its own.
+fn stopping_renames(phase: Phase, reason: CloseReason) -> CloseReason {
+    match (phase, reason) {
+        (Phase::Stopping, CloseReason::Reset | CloseReason::HandlerPanic) => reason,
+        (Phase::Stopping, _) => CloseReason::Shutdown,
+        _ => reason,
+    }
+}
+
+impl<S> Core<S> {
+    /// Stops accepting, lets every connection drain its output and send
+    /// FIN, and arms the deadline after which the rest are closed.
+    pub(crate) fn begin_stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.close_listeners();
+        let deadline = self.clock.after(self.config.stop_timeout);
+        self.timers.insert(deadline, TimerKind::StopDeadline);
+        for id in self.conns.ids() {
+            self.stop_conn(id);
+        }
+    }
+
+    fn stop_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.phase == Phase::Open {
+            conn.phase = Phase::Stopping;
+        }
+        if conn.write == WriteSide::Open {
+            conn.write = WriteSide::FinAfterOutput;
+        }
+        if conn.read != crate::connection::ReadSide::Open {
+            self.request_close(id, CloseReason::Shutdown, CloseMode::AfterOutput);
+        } else {
+            self.schedule_flush(id);
+        }
+    }
+}

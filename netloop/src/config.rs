@@ -1,0 +1,106 @@
+//! A loop's settings.
+
+use std::time::Duration;
+
+/// How connections are registered with epoll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Trigger {
+    /// Edge-triggered: registered once for read and write, never modified.
+    #[default]
+    Edge,
+    /// Level-triggered: write interest is armed only while output is queued.
+    Level,
+}
+
+/// What to do with a new connection when the pool is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PoolFullPolicy {
+    /// Accept it and close it at once, counted as
+    /// [`CloseReason::PoolFull`](crate::CloseReason::PoolFull) (the client
+    /// sees a clean close instead of a hang).
+    #[default]
+    AcceptAndClose,
+    /// Stop accepting until a slot frees; new connections wait in the
+    /// kernel's backlog.
+    LeaveInBacklog,
+}
+
+/// A loop's settings. Start from `Config::default()` and change fields.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = netloop::Config {
+///     max_connections: 1_000,
+///     idle_timeout: Some(Duration::from_secs(30)),
+///     ..netloop::Config::default()
+/// };
+/// assert!(config.low_water < config.high_water);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The pool size: connections open at once.
+    pub max_connections: usize,
+    /// Events taken per `epoll_wait`.
+    pub events_capacity: usize,
+    /// Edge- or level-triggered registration.
+    pub trigger: Trigger,
+    /// Bytes read from one connection per readiness before others get a turn;
+    /// the rest is read in the posted stage of the same turn.
+    pub read_budget: usize,
+    /// The standard buffer size, and the smallest read.
+    pub buffer_size: usize,
+    /// Unconsumed input above this closes the connection
+    /// ([`CloseReason::InputLimit`](crate::CloseReason::InputLimit)).
+    pub max_input: usize,
+    /// Queued output above this makes a connection *full*: it stops being
+    /// read, and [`Handler::on_drained`](crate::Handler::on_drained) is
+    /// called once the output is back down to `low_water`.
+    pub high_water: usize,
+    /// See `high_water`.
+    pub low_water: usize,
+    /// Close connections silent for this long
+    /// ([`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout)).
+    pub idle_timeout: Option<Duration>,
+    /// What to do with connections beyond `max_connections`.
+    pub pool_full: PoolFullPolicy,
+    /// How long to stop accepting after EMFILE/ENFILE.
+    pub accept_backoff: Duration,
+    /// Connections accepted per listener readiness.
+    pub accepts_per_event: usize,
+    /// How long a graceful stop lets connections drain.
+    pub stop_timeout: Duration,
+    /// How long an outbound connect may take
+    /// ([`CloseReason::ConnectTimeout`](crate::CloseReason::ConnectTimeout)).
+    pub connect_timeout: Duration,
+    /// How long a connection closed with output still queued may take to
+    /// deliver it before it is closed anyway (nginx's `send_timeout`).
+    pub close_timeout: Duration,
+    /// Set `TCP_NODELAY` on accepted and outbound connections.
+    pub nodelay: bool,
+    /// Spare buffers kept for reuse.
+    pub spare_buffers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            events_capacity: 1024,
+            trigger: Trigger::Edge,
+            read_budget: 256 * 1024,
+            buffer_size: 16 * 1024,
+            max_input: 16 * 1024 * 1024,
+            high_water: 1024 * 1024,
+            low_water: 256 * 1024,
+            idle_timeout: None,
+            pool_full: PoolFullPolicy::AcceptAndClose,
+            accept_backoff: Duration::from_millis(200),
+            accepts_per_event: 64,
+            stop_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(30),
+            nodelay: true,
+            spare_buffers: 1024,
+        }
+    }
+}

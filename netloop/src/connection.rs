@@ -1,0 +1,319 @@
+//! One connection as the loop keeps it in its pool slot: the socket, its
+//! buffers, the user's state, and where it is in its life.
+//!
+//! Life is three separate things, each a small state machine:
+//! - [`Phase`]: connecting, open, stopping with the loop, or closing;
+//! - [`ReadSide`]: open until the peer's FIN, and what to do after it;
+//! - [`WriteSide`]: open, FIN wanted once the output drains, or FIN sent.
+//!
+//! Reading is further held off by [`ReadHolds`]: the loop's own
+//! backpressure and the handler's pause are separate holds, so one's
+//! release never undoes the other's.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::OnceLock;
+
+use crate::buffer::{Buffer, BufferPool};
+use crate::close_reason::CloseReason;
+use crate::stats::Stats;
+use crate::sys::socket;
+use crate::timer::TimerId;
+
+/// Whether this kernel reports `EPOLLRDHUP`, probed once per process (as
+/// nginx does). When it does, a short read proves the socket empty.
+pub fn rdhup_supported() -> bool {
+    static PROBE: OnceLock<bool> = OnceLock::new();
+    *PROBE.get_or_init(socket::probe_rdhup)
+}
+
+/// What happens to a connection once its peer has sent FIN; the handler's
+/// answer from [`Handler::on_eof`](crate::Handler::on_eof).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AfterEof {
+    /// Deliver the queued output, then close
+    /// ([`CloseReason::PeerClosed`]).
+    #[default]
+    Close,
+    /// Keep the connection open for writing (half-close, as nginx's
+    /// `proxy_half_close`). It closes once our side is shut too:
+    /// [`ConnRef::shutdown`](crate::ConnRef::shutdown) sends FIN after the
+    /// output drains, and the connection then closes as `PeerClosed`.
+    KeepWriting,
+}
+
+/// How a connection came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Accepted,
+    Outbound,
+}
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// An outbound connect in progress, given up at the timer.
+    Connecting { timeout: TimerId },
+    /// Serving.
+    Open,
+    /// The loop is stopping: input is dropped, FIN follows the output.
+    Stopping,
+    /// Closing once the output drains, or at the deadline.
+    Closing {
+        reason: CloseReason,
+        deadline: TimerId,
+    },
+}
+
+/// The receiving half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadSide {
+    Open,
+    /// The peer sent FIN; the handler chose what follows.
+    Eof(AfterEof),
+}
+
+/// The sending half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteSide {
+    Open,
+    /// Send FIN once the output has drained.
+    FinAfterOutput,
+    /// FIN has been sent.
+    FinSent,
+}
+
+/// A reason to hold reading off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// The connection's own output passed the high-water mark.
+    OutputFull = 1,
+    /// The handler paused it ([`ConnRef::pause_reading`](crate::ConnRef::pause_reading)).
+    Handler = 2,
+}
+
+/// The set of holds on reading; reading runs only when it is empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReadHolds(u8);
+
+impl ReadHolds {
+    pub(crate) fn add(&mut self, hold: Hold) -> bool {
+        let added = !self.has(hold);
+        self.0 |= hold as u8;
+        added
+    }
+
+    pub(crate) fn remove(&mut self, hold: Hold) -> bool {
+        let removed = self.has(hold);
+        self.0 &= !(hold as u8);
+        removed
+    }
+
+    pub(crate) fn has(self, hold: Hold) -> bool {
+        self.0 & hold as u8 != 0
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Which of the loop's per-turn lists a connection is already on, so it is
+/// put on each at most once.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Listed {
+    pub(crate) flush: bool,
+    pub(crate) posted: bool,
+}
+
+/// A connection in its pool slot.
+pub(crate) struct Connection<S> {
+    pub(crate) fd: OwnedFd,
+    pub(crate) input: Buffer,
+    pub(crate) output: Buffer,
+    pub(crate) state: S,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) origin: Origin,
+    pub(crate) phase: Phase,
+    pub(crate) read: ReadSide,
+    pub(crate) write: WriteSide,
+    pub(crate) holds: ReadHolds,
+    /// An event reported a hang-up or error. Sticky: a read deferred by a
+    /// hold or the budget must not trust a short read afterwards, since the
+    /// event that announced the FIN has already been consumed.
+    pub(crate) hangup_seen: bool,
+    pub(crate) listed: Listed,
+    pub(crate) idle_timer: Option<TimerId>,
+    pub(crate) last_active_ns: u64,
+    /// The interest registered with epoll now.
+    pub(crate) interest: u32,
+}
+
+/// What one read brought.
+pub(crate) enum ReadOutcome {
+    /// Bytes arrived; `drained` when the socket is known to be empty.
+    Data { bytes: usize, drained: bool },
+    /// The peer sent FIN.
+    Eof,
+    /// Nothing to read now (EAGAIN).
+    Nothing,
+    /// The read failed; close for this reason.
+    Failed(CloseReason),
+}
+
+/// What one flush did.
+pub(crate) enum WriteOutcome {
+    /// Everything queued went out.
+    Drained,
+    /// The kernel took less than everything; EPOLLOUT says when to go on.
+    Blocked,
+    /// The write failed; close for this reason.
+    Failed(CloseReason),
+}
+
+impl<S> Connection<S> {
+    pub(crate) fn new(
+        fd: OwnedFd,
+        peer: Option<SocketAddr>,
+        origin: Origin,
+        state: S,
+        now_ns: u64,
+    ) -> Self {
+        Self {
+            fd,
+            input: Buffer::new(),
+            output: Buffer::new(),
+            state,
+            peer,
+            origin,
+            phase: Phase::Open,
+            read: ReadSide::Open,
+            write: WriteSide::Open,
+            holds: ReadHolds::default(),
+            hangup_seen: false,
+            listed: Listed::default(),
+            idle_timer: None,
+            last_active_ns: now_ns,
+            interest: 0,
+        }
+    }
+
+    pub(crate) fn is_connecting(&self) -> bool {
+        matches!(self.phase, Phase::Connecting { .. })
+    }
+
+    /// The reason it is closing with, once a close waits for the output.
+    pub(crate) fn closing_reason(&self) -> Option<CloseReason> {
+        match self.phase {
+            Phase::Closing { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether the socket may be read now.
+    pub(crate) fn may_read(&self) -> bool {
+        self.read == ReadSide::Open
+            && self.holds.is_empty()
+            && matches!(self.phase, Phase::Open | Phase::Stopping)
+    }
+
+    /// Whether input is handed to the handler (a stopping loop drops it).
+    pub(crate) fn delivers_input(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// Both halves are done: the peer's FIN is in, the handler chose to
+    /// keep writing, and our FIN is out.
+    pub(crate) fn both_halves_done(&self) -> bool {
+        self.read == ReadSide::Eof(AfterEof::KeepWriting) && self.write == WriteSide::FinSent
+    }
+
+    /// Reads once into the input buffer.
+    pub(crate) fn read_once(&mut self, io: &mut IoContext<'_>) -> ReadOutcome {
+        io.stats.read_calls += 1;
+        let min_room = io.buffers.chunk() / 4;
+        match self
+            .input
+            .read_from(self.fd.as_raw_fd(), min_room, io.buffers)
+        {
+            Ok((0, _)) => {
+                self.input.release_if_empty(io.buffers);
+                ReadOutcome::Eof
+            }
+            Ok((n, room)) => {
+                self.last_active_ns = io.now_ns;
+                io.stats.bytes_read += n as u64;
+                // A short read drained the socket. Without a hang-up bit
+                // seen, a FIN behind the data would raise EPOLLRDHUP later,
+                // so the EAGAIN read can be skipped (nginx's rdhup trick).
+                // Level and one-shot registrations re-report what is left.
+                let drained =
+                    n < room && (io.rereported || (io.rdhup && !self.hangup_seen));
+                ReadOutcome::Data { bytes: n, drained }
+            }
+            Err(e) => {
+                self.input.release_if_empty(io.buffers);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => ReadOutcome::Nothing,
+                    _ => ReadOutcome::Failed(CloseReason::Reset),
+                }
+            }
+        }
+    }
+
+    /// Writes as much queued output as the kernel takes.
+    pub(crate) fn write_out(&mut self, io: &mut IoContext<'_>) -> WriteOutcome {
+        while !self.output.is_empty() {
+            io.stats.write_calls += 1;
+            let pending = self.output.as_slice();
+            match socket::write(self.fd.as_raw_fd(), pending) {
+                Ok(n) => {
+                    let partial = n < pending.len();
+                    self.output.consume(n);
+                    self.last_active_ns = io.now_ns;
+                    io.stats.bytes_written += n as u64;
+                    if partial {
+                        return WriteOutcome::Blocked;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return WriteOutcome::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return WriteOutcome::Failed(CloseReason::Reset),
+            }
+        }
+        self.output.release_if_empty(io.buffers);
+        WriteOutcome::Drained
+    }
+
+    /// Sends FIN if it is wanted and the output has drained; `Err` if the
+    /// socket refused.
+    pub(crate) fn send_fin_if_due(&mut self) -> Result<(), CloseReason> {
+        if self.write != WriteSide::FinAfterOutput || !self.output.is_empty() {
+            return Ok(());
+        }
+        self.write = WriteSide::FinSent;
+        socket::shutdown(&self.fd, std::net::Shutdown::Write).map_err(|_| CloseReason::Reset)
+    }
+
+    /// Gives both buffers' memory back.
+    pub(crate) fn release_buffers(&mut self, buffers: &mut BufferPool) {
+        self.input.consume(usize::MAX);
+        self.output.consume(usize::MAX);
+        self.input.release_if_empty(buffers);
+        self.output.release_if_empty(buffers);
+    }
+}
+
+/// What a read or write needs from the loop besides the connection.
+pub(crate) struct IoContext<'a> {
+    pub(crate) buffers: &'a mut BufferPool,
+    pub(crate) stats: &'a mut Stats,
+    pub(crate) now_ns: u64,
+    /// The registration reports readiness again after a partial read
+    /// (level-triggered, or one-shot re-armed), so a short read may end
+    /// reading.
+    pub(crate) rereported: bool,
+    /// The kernel reports `EPOLLRDHUP`.
+    pub(crate) rdhup: bool,
+}

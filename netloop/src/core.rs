@@ -1,0 +1,444 @@
+//! Everything a loop holds except its handler, so that the handler can be
+//! called with a borrow of the rest; and the operations on one connection
+//! by id that every path (the handler's own connection, another connection,
+//! a command from another thread) goes through.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::accept::Listeners;
+use crate::buffer::BufferPool;
+use crate::close_reason::CloseReason;
+use crate::config::{Config, Trigger};
+use crate::connection::{Connection, Hold, IoContext, Origin, Phase, WriteSide};
+use crate::error::Error;
+use crate::occupants::Occupants;
+use crate::slots::Slots;
+use crate::stats::Stats;
+use crate::sys::epoll::{EDGE, Epoll, ONESHOT, READ_HUP, READABLE, WRITABLE};
+use crate::sys::socket;
+use crate::timer::{TimerId, TimerKind, Timers};
+use crate::token::ConnId;
+
+/// How soon a requested close happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseMode {
+    /// After the queued output has been written (or the close deadline).
+    AfterOutput,
+    /// At once, dropping queued output.
+    Now,
+}
+
+pub(crate) struct CloseRequest {
+    pub(crate) id: ConnId,
+    pub(crate) reason: CloseReason,
+    pub(crate) mode: CloseMode,
+}
+
+/// A list of connections the loop visits once per turn, with a spare so
+/// that taking the list for a pass does not allocate.
+#[derive(Default)]
+pub(crate) struct TurnList {
+    items: Vec<ConnId>,
+    spare: Vec<ConnId>,
+}
+
+impl TurnList {
+    pub(crate) fn push(&mut self, id: ConnId) {
+        self.items.push(id);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Takes the entries so far; entries pushed meanwhile wait for the next pass.
+    pub(crate) fn take(&mut self) -> Vec<ConnId> {
+        let mut batch = std::mem::take(&mut self.spare);
+        std::mem::swap(&mut batch, &mut self.items);
+        batch
+    }
+
+    /// Returns a taken batch's memory.
+    pub(crate) fn give_back(&mut self, mut batch: Vec<ConnId>) {
+        batch.clear();
+        self.spare = batch;
+    }
+}
+
+/// The loop's clock, read once per turn: callbacks see one "now".
+pub(crate) struct Clock {
+    origin: Instant,
+    now_ns: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            now_ns: 0,
+        }
+    }
+
+    pub(crate) fn refresh(&mut self) {
+        self.now_ns = duration_ns(self.origin.elapsed());
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.now_ns)
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        duration_ns(self.origin.elapsed())
+    }
+
+    /// The loop-clock time `delay` from now, saturating.
+    pub(crate) fn after(&self, delay: Duration) -> u64 {
+        self.now_ns.saturating_add(duration_ns(delay))
+    }
+}
+
+pub(crate) fn duration_ns(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// How a loop's connections are registered with epoll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// Edge-triggered, registered once, never modified.
+    Edge,
+    /// Level-triggered; the interest follows what the connection waits for.
+    Level,
+    /// Edge-triggered and one-shot: re-armed after every event, by whichever
+    /// worker served it.
+    OneShot,
+}
+
+impl Registration {
+    pub(crate) fn from_trigger(trigger: Trigger) -> Self {
+        match trigger {
+            Trigger::Edge => Registration::Edge,
+            Trigger::Level => Registration::Level,
+        }
+    }
+
+    /// Whether readiness is reported again while it lasts, so a read left
+    /// unfinished needs no posting and a short read ends reading.
+    pub(crate) fn rereports(self) -> bool {
+        self != Registration::Edge
+    }
+}
+
+pub(crate) struct Core<S> {
+    pub(crate) config: Config,
+    pub(crate) registration: Registration,
+    pub(crate) epoll: Arc<Epoll>,
+    pub(crate) conns: Slots<S>,
+    pub(crate) buffers: BufferPool,
+    pub(crate) timers: Timers,
+    pub(crate) stats: Stats,
+    pub(crate) flush_list: TurnList,
+    pub(crate) posted: TurnList,
+    /// Connections whose output fell back to the low-water mark this turn:
+    /// their handler hears `on_drained`.
+    pub(crate) drained: Vec<ConnId>,
+    pub(crate) close_requests: Vec<CloseRequest>,
+    pub(crate) listeners: Listeners,
+    pub(crate) rdhup: bool,
+    pub(crate) clock: Clock,
+    pub(crate) occupants: Arc<Occupants>,
+    pub(crate) stopping: bool,
+}
+
+impl<S> Core<S> {
+    pub(crate) fn new(
+        config: Config,
+        registration: Registration,
+        epoll: Arc<Epoll>,
+        conns: Slots<S>,
+        occupants: Arc<Occupants>,
+    ) -> Self {
+        Self {
+            buffers: BufferPool::new(config.buffer_size, config.spare_buffers),
+            registration,
+            epoll,
+            conns,
+            timers: Timers::default(),
+            stats: Stats::default(),
+            flush_list: TurnList::default(),
+            posted: TurnList::default(),
+            drained: Vec::new(),
+            close_requests: Vec::new(),
+            listeners: Listeners::default(),
+            rdhup: crate::connection::rdhup_supported(),
+            clock: Clock::new(),
+            occupants,
+            stopping: false,
+            config,
+        }
+    }
+
+    pub(crate) fn io_context(&mut self) -> (&mut Slots<S>, IoContext<'_>) {
+        let io = IoContext {
+            buffers: &mut self.buffers,
+            stats: &mut self.stats,
+            now_ns: self.clock.now_ns(),
+            rereported: self.registration.rereports(),
+            rdhup: self.rdhup,
+        };
+        (&mut self.conns, io)
+    }
+
+    /// How long the next `epoll_wait` may block.
+    pub(crate) fn wait_timeout(&self, max_wait: Option<Duration>) -> Option<Duration> {
+        if !self.posted.is_empty() || !self.flush_list.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = self.clock.elapsed_ns();
+        let timer = self
+            .timers
+            .next_deadline()
+            .map(|deadline| Duration::from_nanos(deadline.saturating_sub(now)));
+        match (timer, max_wait) {
+            (Some(t), Some(m)) => Some(t.min(m)),
+            (t, m) => t.or(m),
+        }
+    }
+
+    /// The interest a connection registers with now.
+    pub(crate) fn interest_of(&self, conn: &Connection<S>) -> u32 {
+        match self.registration {
+            Registration::Edge => READABLE | WRITABLE | READ_HUP | EDGE,
+            Registration::Level => wanted_interest(conn),
+            Registration::OneShot => wanted_interest(conn) | EDGE | ONESHOT,
+        }
+    }
+
+    /// Level-triggered mode: registers exactly the interest the connection
+    /// needs now. Edge-triggered registrations never change; one-shot ones
+    /// are re-armed when the worker hands the connection back.
+    pub(crate) fn update_interest(&mut self, id: ConnId) {
+        if self.registration != Registration::Level {
+            return;
+        }
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let wanted = self.interest_of(conn);
+        if wanted == conn.interest {
+            return;
+        }
+        let fd = conn.fd.as_raw_fd();
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.interest = wanted;
+        }
+        if let Err(e) = self.epoll.modify(fd, id.to_u64(), wanted) {
+            tracing::warn!(%id, error = %e, "epoll_ctl(MOD) failed");
+            self.request_close(id, CloseReason::Reset, CloseMode::Now);
+        }
+    }
+
+    pub(crate) fn schedule_flush(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id)
+            && !conn.listed.flush
+        {
+            conn.listed.flush = true;
+            self.flush_list.push(id);
+        }
+    }
+
+    /// Reads `id` in the posted stage: edge-triggered epoll gives no second
+    /// notice for data that is already waiting.
+    pub(crate) fn post_read(&mut self, id: ConnId) {
+        if self.registration.rereports() {
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(id)
+            && !conn.listed.posted
+        {
+            conn.listed.posted = true;
+            self.posted.push(id);
+        }
+    }
+
+    pub(crate) fn request_close(&mut self, id: ConnId, reason: CloseReason, mode: CloseMode) {
+        if self.conns.contains(id) {
+            self.close_requests.push(CloseRequest { id, reason, mode });
+        }
+    }
+
+    /// Queues `bytes` on `id`'s output.
+    pub(crate) fn write(&mut self, id: ConnId, bytes: &[u8]) -> Result<(), Error> {
+        let conn = self.conns.get_mut(id).ok_or(Error::StaleConn(id))?;
+        conn.output.extend_from_slice(bytes, &mut self.buffers);
+        self.output_grew(id);
+        Ok(())
+    }
+
+    /// After output was queued on `id`: flush it this turn, and mark the
+    /// connection full (reading held) once it passes the high-water mark.
+    pub(crate) fn output_grew(&mut self, id: ConnId) {
+        self.schedule_flush(id);
+        let high_water = self.config.high_water;
+        if let Some(conn) = self.conns.get_mut(id)
+            && conn.output.len() > high_water
+            && conn.holds.add(Hold::OutputFull)
+        {
+            self.update_interest(id);
+        }
+    }
+
+    /// Whether `id`'s output is past the high-water mark and not yet back
+    /// down to the low-water mark.
+    pub(crate) fn is_full(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .is_some_and(|c| c.holds.has(Hold::OutputFull))
+    }
+
+    pub(crate) fn hold_reading(&mut self, id: ConnId, hold: Hold) {
+        if let Some(conn) = self.conns.get_mut(id)
+            && conn.holds.add(hold)
+        {
+            self.update_interest(id);
+        }
+    }
+
+    pub(crate) fn release_reading(&mut self, id: ConnId, hold: Hold) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.holds.remove(hold) && conn.may_read() {
+            // Edge-triggered: what arrived while held raised no new edge,
+            // so the read is posted instead of awaited.
+            self.post_read(id);
+            self.update_interest(id);
+        }
+    }
+
+    /// Sends FIN on `id` once its output drains.
+    pub(crate) fn shutdown(&mut self, id: ConnId) -> Result<(), Error> {
+        let conn = self.conns.get_mut(id).ok_or(Error::StaleConn(id))?;
+        if conn.write == WriteSide::Open {
+            conn.write = WriteSide::FinAfterOutput;
+            self.schedule_flush(id);
+        }
+        Ok(())
+    }
+
+    /// Moves `from`'s unconsumed input to the end of `to`'s output; returns
+    /// the bytes moved. When `to` has nothing queued the two buffers swap
+    /// memory instead of copying.
+    pub(crate) fn forward_input(&mut self, from: ConnId, to: ConnId) -> Result<usize, Error> {
+        if from == to {
+            return Err(Error::SameConn(from));
+        }
+        for id in [from, to] {
+            if !self.conns.acquire(id) {
+                return Err(Error::StaleConn(id));
+            }
+        }
+        let Some((source, target)) = self.conns.get2_mut(from, to) else {
+            return Err(Error::StaleConn(to));
+        };
+        let moved = source.input.len();
+        target.output.append_from(&mut source.input, &mut self.buffers);
+        if moved > 0 {
+            self.output_grew(to);
+        }
+        Ok(moved)
+    }
+
+    pub(crate) fn arm_user_timer(&mut self, id: ConnId, delay: Duration, data: u64) -> TimerId {
+        let deadline = self.clock.after(delay);
+        self.timers
+            .insert(deadline, TimerKind::User { conn: id, data })
+    }
+
+    pub(crate) fn arm_idle_timer(&mut self, id: ConnId) {
+        let Some(idle) = self.config.idle_timeout else {
+            return;
+        };
+        let timer = self
+            .timers
+            .insert(self.clock.after(idle), TimerKind::Idle(id));
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.idle_timer = Some(timer);
+        }
+    }
+
+    /// Puts a new connection in the pool and registers it (one-shot slots
+    /// register when the worker hands it back).
+    pub(crate) fn insert(&mut self, mut conn: Connection<S>) -> Result<ConnId, Error> {
+        if self.config.nodelay {
+            // Not every socket is TCP (tests adopt Unix sockets); that is fine.
+            let _ = socket::set_nodelay(&conn.fd);
+        }
+        conn.interest = self.interest_of(&conn);
+        let (fd, interest) = (conn.fd.as_raw_fd(), conn.interest);
+        let id = match self.conns.insert(conn) {
+            Ok(id) => id,
+            Err(_) => return Err(Error::PoolFull),
+        };
+        if self.conns.registers_on_insert()
+            && let Err(e) = self.epoll.add(fd, id.to_u64(), interest)
+        {
+            self.conns.remove(id);
+            return Err(e.into());
+        }
+        self.occupants.publish_open(id);
+        Ok(id)
+    }
+
+    /// Starts an outbound connection with its initial state.
+    pub(crate) fn connect(&mut self, addr: SocketAddr, state: S) -> Result<ConnId, Error> {
+        if self.stopping {
+            // A stop must finish: nothing new may start once it has begun.
+            return Err(Error::LoopStopped);
+        }
+        if self.conns.is_full() {
+            return Err(Error::PoolFull);
+        }
+        let fd = socket::connect(addr)?;
+        let mut conn = Connection::new(
+            fd,
+            Some(addr),
+            Origin::Outbound,
+            state,
+            self.clock.now_ns(),
+        );
+        conn.phase = Phase::Connecting {
+            timeout: TimerId::UNARMED,
+        };
+        let id = self.insert(conn)?;
+        let deadline = self.clock.after(self.config.connect_timeout);
+        let timeout = self.timers.insert(deadline, TimerKind::ConnectTimeout(id));
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.phase = Phase::Connecting { timeout };
+        }
+        Ok(id)
+    }
+}
+
+/// The interest a level-triggered or one-shot registration needs now.
+fn wanted_interest<S>(conn: &Connection<S>) -> u32 {
+    if conn.is_connecting() {
+        return WRITABLE;
+    }
+    // Read-hangup only together with readable: once the peer's FIN is in,
+    // a level-triggered RDHUP would be reported on every wait.
+    let mut wanted = 0;
+    if conn.may_read() {
+        wanted |= READABLE | READ_HUP;
+    }
+    if !conn.output.is_empty() {
+        wanted |= WRITABLE;
+    }
+    wanted
+}

@@ -1,0 +1,114 @@
+//! Reaching a loop from another thread: [`LoopHandle`], and the commands it
+//! leaves in the loop's mailbox.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::ctx::Ctx;
+use crate::error::Error;
+use crate::occupants::Occupants;
+use crate::token::ConnId;
+use crate::waker::Mailbox;
+
+/// A task run on the loop's thread with access to its connections.
+pub type Task<S> = Box<dyn for<'a> FnOnce(&mut Ctx<'a, S>) + Send>;
+
+/// What another thread asks a loop to do.
+pub(crate) enum Command<S> {
+    Stop,
+    Write(ConnId, Vec<u8>),
+    Close(ConnId),
+    Run(Task<S>),
+    Adopt(OwnedFd, Option<SocketAddr>),
+}
+
+/// A `Send + Clone` handle to a loop, usable from any thread.
+///
+/// Everything it does is carried out on the loop's own thread at its next
+/// turn. Operations on a connection that has closed by then are dropped
+/// (and counted in [`Stats::stale_commands`](crate::Stats::stale_commands)).
+pub struct LoopHandle<S> {
+    mailbox: Arc<Mailbox<Command<S>>>,
+    occupants: Arc<Occupants>,
+}
+
+impl<S> Clone for LoopHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            mailbox: Arc::clone(&self.mailbox),
+            occupants: Arc::clone(&self.occupants),
+        }
+    }
+}
+
+impl<S> fmt::Debug for LoopHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("stopped", &self.mailbox.is_closed())
+            .finish()
+    }
+}
+
+impl<S> LoopHandle<S> {
+    pub(crate) fn new(mailbox: Arc<Mailbox<Command<S>>>, occupants: Arc<Occupants>) -> Self {
+        Self { mailbox, occupants }
+    }
+
+    fn send_to(&self, id: ConnId, command: Command<S>) -> Result<(), Error> {
+        if !self.occupants.is_open(id) {
+            return Err(Error::StaleConn(id));
+        }
+        self.mailbox.send(command)
+    }
+
+    /// Asks the loop to stop gracefully: stop accepting, let connections
+    /// drain until the stop deadline, then close the rest.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.mailbox.send(Command::Stop)
+    }
+
+    /// Queues `bytes` for the connection `id`.
+    ///
+    /// `Err(StaleConn)` if the connection has already closed, even if its
+    /// slot holds a new connection.
+    pub fn write(&self, id: ConnId, bytes: Vec<u8>) -> Result<(), Error> {
+        self.send_to(id, Command::Write(id, bytes))
+    }
+
+    /// Closes the connection `id` once its queued output is written;
+    /// `Err(StaleConn)` if it has already closed.
+    pub fn close(&self, id: ConnId) -> Result<(), Error> {
+        self.send_to(id, Command::Close(id))
+    }
+
+    /// Whether `id` names a connection that is open now.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.occupants.is_open(id)
+    }
+
+    /// Whether the loop has finished (stopped, or died).
+    pub fn is_stopped(&self) -> bool {
+        self.mailbox.is_closed()
+    }
+
+    /// Hands a connected socket to the loop, which serves it as if it had
+    /// accepted it (the acceptor-and-loops mode).
+    pub fn adopt(&self, stream: TcpStream) -> Result<(), Error> {
+        let peer = stream.peer_addr().ok();
+        self.adopt_fd(OwnedFd::from(stream), peer)
+    }
+
+    pub(crate) fn adopt_fd(&self, fd: OwnedFd, peer: Option<SocketAddr>) -> Result<(), Error> {
+        self.mailbox.send(Command::Adopt(fd, peer))
+    }
+
+    /// Runs `task` on the loop's thread.
+    pub fn post(
+        &self,
+        task: impl for<'a> FnOnce(&mut Ctx<'a, S>) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.mailbox.send(Command::Run(Box::new(task)))
+    }
+}

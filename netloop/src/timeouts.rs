@@ -1,0 +1,86 @@
+//! What happens when the loop's timers expire: idle and connect timeouts,
+//! the close and stop deadlines, the end of an accept back-off, and the
+//! handler's own timers.
+
+use crate::close_reason::CloseReason;
+use crate::core::CloseMode;
+use crate::event_loop::EventLoop;
+use crate::handler::Handler;
+use crate::timer::{TimerId, TimerKind};
+use crate::token::ConnId;
+
+impl<H: Handler> EventLoop<H> {
+    pub(crate) fn expire_timers(&mut self) {
+        let now = self.core.clock.now_ns();
+        while let Some((timer, kind)) = self.core.timers.pop_expired(now) {
+            self.on_timer_expired(timer, kind);
+        }
+    }
+
+    fn on_timer_expired(&mut self, timer: TimerId, kind: TimerKind) {
+        match kind {
+            TimerKind::Idle(id) => self.idle_check(id),
+            TimerKind::User { conn, data } => {
+                if self.core.conns.acquire(conn) {
+                    self.call(conn, |handler, c| handler.on_timer(c, timer, data));
+                }
+            }
+            TimerKind::ConnectTimeout(id) => {
+                let connecting = self.core.conns.acquire(id)
+                    && self.core.conns.get(id).is_some_and(|c| c.is_connecting());
+                if connecting {
+                    self.close_now(id, CloseReason::ConnectTimeout);
+                }
+            }
+            TimerKind::CloseDeadline(id) => {
+                if !self.core.conns.acquire(id) {
+                    return;
+                }
+                if let Some(reason) = self.core.conns.get(id).and_then(|c| c.closing_reason()) {
+                    self.close_now(id, reason);
+                }
+            }
+            TimerKind::AcceptResume => self.core.resume_accepting(),
+            TimerKind::StopDeadline => self.stop_deadline_passed(),
+        }
+    }
+
+    fn close_now(&mut self, id: ConnId, reason: CloseReason) {
+        self.core.request_close(id, reason, CloseMode::Now);
+        self.drain_closes();
+    }
+
+    fn stop_deadline_passed(&mut self) {
+        for id in self.core.conns.acquire_all() {
+            self.core
+                .request_close(id, CloseReason::Shutdown, CloseMode::Now);
+        }
+        self.drain_closes();
+    }
+
+    fn idle_check(&mut self, id: ConnId) {
+        let Some(idle) = self.core.config.idle_timeout else {
+            return;
+        };
+        if !self.core.conns.acquire(id) {
+            return;
+        }
+        let now = self.core.clock.now_ns();
+        let Some(conn) = self.core.conns.get_mut(id) else {
+            return;
+        };
+        conn.idle_timer = None;
+        let deadline = conn
+            .last_active_ns
+            .saturating_add(crate::core::duration_ns(idle));
+        if deadline <= now {
+            self.close_now(id, CloseReason::IdleTimeout);
+        } else {
+            // Activity moved the deadline: re-arm lazily instead of on every read.
+            let timer = self.core.timers.insert(deadline, TimerKind::Idle(id));
+            if let Some(conn) = self.core.conns.get_mut(id) {
+                conn.idle_timer = Some(timer);
+            }
+        }
+    }
+}
