@@ -13,6 +13,7 @@ use crate::core::{Core, Registration};
 use crate::error::Error;
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
+use crate::slots::Slots;
 use crate::sys::epoll::{EXCLUSIVE, ONESHOT, READABLE};
 use crate::sys::socket::{self, ListenOptions};
 use crate::timer::TimerKind;
@@ -116,9 +117,15 @@ impl<H: Handler> EventLoop<H> {
         let listeners = &mut self.core.listeners;
         let token = listener_token(listeners.list.len());
         if listeners.registered {
-            self.core
-                .epoll
-                .add(socket.as_raw_fd(), token, interest)?;
+            match self.core.epoll.add(socket.as_raw_fd(), token, interest) {
+                Ok(()) => {}
+                // One-shot workers share the listener and the epoll: the
+                // first one registered it for all.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EEXIST)
+                        && self.core.registration == Registration::OneShot => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         self.core.listeners.list.push(Listener { socket, interest });
         Ok(local)
@@ -144,6 +151,7 @@ impl<H: Handler> EventLoop<H> {
         else {
             return;
         };
+        let mut waiting_for_slot = false;
         for _ in 0..self.core.config.accepts_per_event.max(1) {
             if !self.core.accepting() {
                 break;
@@ -151,8 +159,8 @@ impl<H: Handler> EventLoop<H> {
             if self.core.conns.is_full()
                 && self.core.config.pool_full == PoolFullPolicy::LeaveInBacklog
             {
-                self.core.listeners.waiting_for_slot = true;
-                self.core.sync_listeners();
+                self.core.wait_for_slot();
+                waiting_for_slot = true;
                 break;
             }
             match socket::accept(fd) {
@@ -164,7 +172,9 @@ impl<H: Handler> EventLoop<H> {
                 }
             }
         }
-        self.core.rearm_listener(listener);
+        if self.core.accepting() && !waiting_for_slot {
+            self.core.rearm_listener(listener);
+        }
     }
 
     fn accepted(&mut self, stream: std::os::fd::OwnedFd, peer: Option<SocketAddr>) {
@@ -224,20 +234,63 @@ impl<S> Core<S> {
         self.listeners.backing_off = true;
         let deadline = self.clock.after(self.config.accept_backoff);
         self.timers.insert(deadline, TimerKind::AcceptResume);
-        self.sync_listeners();
+        if self.registration != Registration::OneShot {
+            self.sync_listeners();
+        }
     }
 
     /// The accept back-off is over.
     pub(crate) fn resume_accepting(&mut self) {
         self.listeners.backing_off = false;
-        self.sync_listeners();
+        if self.registration == Registration::OneShot {
+            // Only this worker paused: the listener has stayed disarmed.
+            self.rearm_listeners();
+        } else {
+            self.sync_listeners();
+        }
+    }
+
+    fn rearm_listeners(&mut self) {
+        for index in 0..self.listeners.list.len() {
+            self.rearm_listener(index);
+        }
+    }
+
+    /// The pool is full: leave new connections in the backlog.
+    fn wait_for_slot(&mut self) {
+        match &self.conns {
+            // The listener stays disarmed; whichever worker frees a slot
+            // re-arms it.
+            Slots::Shared(checkout) => {
+                let slab = checkout.slab();
+                slab.set_listener_waiting();
+                // A slot freed between the check and the flag would have
+                // found no flag to act on.
+                if !slab.is_full() && slab.take_listener_waiting() {
+                    self.rearm_listeners();
+                }
+            }
+            Slots::Owned(_) => {
+                self.listeners.waiting_for_slot = true;
+                self.sync_listeners();
+            }
+        }
     }
 
     /// A slot freed: a loop leaving connections in the backlog takes them again.
     pub(crate) fn slot_freed(&mut self) {
-        if self.listeners.waiting_for_slot {
-            self.listeners.waiting_for_slot = false;
-            self.sync_listeners();
+        match &self.conns {
+            Slots::Shared(checkout) => {
+                if checkout.slab().take_listener_waiting() {
+                    self.rearm_listeners();
+                }
+            }
+            Slots::Owned(_) => {
+                if self.listeners.waiting_for_slot {
+                    self.listeners.waiting_for_slot = false;
+                    self.sync_listeners();
+                }
+            }
         }
     }
 
@@ -246,14 +299,17 @@ impl<S> Core<S> {
     /// otherwise wake the loop in a spin while accepting is paused.
     pub(crate) fn sync_listeners(&mut self) {
         let wanted = self.accepting();
+        if self.registration == Registration::OneShot && wanted {
+            // One-shot listeners are armed by `rearm_listener`, not added.
+            return;
+        }
         if wanted == self.listeners.registered {
             return;
         }
         for (index, listener) in self.listeners.list.iter().enumerate() {
             let fd = listener.socket.as_raw_fd();
             let result = if wanted {
-                self.epoll
-                    .add(fd, listener_token(index), listener.interest)
+                self.epoll.add(fd, listener_token(index), listener.interest)
             } else {
                 self.epoll.delete(fd)
             };
@@ -272,9 +328,9 @@ impl<S> Core<S> {
         }
         if let Some(listener) = self.listeners.list.get(index) {
             let fd = listener.socket.as_raw_fd();
-            if let Err(e) = self
-                .epoll
-                .modify(fd, listener_token(index), listener.interest | ONESHOT)
+            if let Err(e) =
+                self.epoll
+                    .modify(fd, listener_token(index), listener.interest | ONESHOT)
             {
                 tracing::error!(error = %e, "cannot re-arm the listener");
             }

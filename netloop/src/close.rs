@@ -9,6 +9,7 @@ use crate::connection::{Phase, WriteSide};
 use crate::core::{CloseMode, CloseRequest, Core};
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
+use crate::slots::Slots;
 use crate::timer::TimerKind;
 use crate::token::ConnId;
 
@@ -100,8 +101,26 @@ impl<S> Core<S> {
         self.close_listeners();
         let deadline = self.clock.after(self.config.stop_timeout);
         self.timers.insert(deadline, TimerKind::StopDeadline);
-        for id in self.conns.ids() {
+        if let Slots::Shared(checkout) = &self.conns {
+            // Before the sweep, so the other workers know what holds their
+            // connections for a moment.
+            checkout.slab().begin_stop();
+        }
+        for id in self.conns.acquire_all() {
             self.stop_conn(id);
+        }
+    }
+
+    /// One-shot: a worker that learns another began the pool's stop takes
+    /// part in it (its own listener copy, deadline, and the connections it
+    /// finds parked).
+    pub(crate) fn follow_shared_stop(&mut self) {
+        let stopping = match &self.conns {
+            Slots::Shared(checkout) => checkout.slab().is_stopping(),
+            Slots::Owned(_) => false,
+        };
+        if stopping {
+            self.begin_stop();
         }
     }
 

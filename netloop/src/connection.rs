@@ -248,8 +248,7 @@ impl<S> Connection<S> {
                 // seen, a FIN behind the data would raise EPOLLRDHUP later,
                 // so the EAGAIN read can be skipped (nginx's rdhup trick).
                 // Level and one-shot registrations re-report what is left.
-                let drained =
-                    n < room && (io.rereported || (io.rdhup && !self.hangup_seen));
+                let drained = n < room && (io.rereported || (io.rdhup && !self.hangup_seen));
                 ReadOutcome::Data { bytes: n, drained }
             }
             Err(e) => {

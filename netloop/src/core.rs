@@ -15,7 +15,7 @@ use crate::config::{Config, Trigger};
 use crate::connection::{Connection, Hold, IoContext, Origin, Phase, WriteSide};
 use crate::error::Error;
 use crate::occupants::Occupants;
-use crate::slots::Slots;
+use crate::slots::{Acquire, Slots};
 use crate::stats::Stats;
 use crate::sys::epoll::{EDGE, Epoll, ONESHOT, READ_HUP, READABLE, WRITABLE};
 use crate::sys::socket;
@@ -104,6 +104,10 @@ impl Clock {
     }
 }
 
+/// How soon work that found its connection busy with another one-shot
+/// worker is retried.
+pub(crate) const RETRY_BUSY: Duration = Duration::from_millis(1);
+
 pub(crate) fn duration_ns(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
@@ -121,6 +125,15 @@ pub(crate) enum Registration {
 }
 
 impl Registration {
+    /// The interest a connection registers with now.
+    pub(crate) fn interest_of<S>(self, conn: &Connection<S>) -> u32 {
+        match self {
+            Registration::Edge => READABLE | WRITABLE | READ_HUP | EDGE,
+            Registration::Level => wanted_interest(conn),
+            Registration::OneShot => wanted_interest(conn) | EDGE | ONESHOT,
+        }
+    }
+
     pub(crate) fn from_trigger(trigger: Trigger) -> Self {
         match trigger {
             Trigger::Edge => Registration::Edge,
@@ -163,13 +176,14 @@ impl<S> Core<S> {
         epoll: Arc<Epoll>,
         conns: Slots<S>,
         occupants: Arc<Occupants>,
+        timers: Timers,
     ) -> Self {
         Self {
             buffers: BufferPool::new(config.buffer_size, config.spare_buffers),
             registration,
             epoll,
             conns,
-            timers: Timers::default(),
+            timers,
             stats: Stats::default(),
             flush_list: TurnList::default(),
             posted: TurnList::default(),
@@ -200,6 +214,13 @@ impl<S> Core<S> {
         if !self.posted.is_empty() || !self.flush_list.is_empty() {
             return Some(Duration::ZERO);
         }
+        // Work that found its connection busy with another worker is
+        // retried soon.
+        let max_wait = if self.timers.has_postponed() {
+            Some(max_wait.map_or(RETRY_BUSY, |m| m.min(RETRY_BUSY)))
+        } else {
+            max_wait
+        };
         let now = self.clock.elapsed_ns();
         let timer = self
             .timers
@@ -213,11 +234,7 @@ impl<S> Core<S> {
 
     /// The interest a connection registers with now.
     pub(crate) fn interest_of(&self, conn: &Connection<S>) -> u32 {
-        match self.registration {
-            Registration::Edge => READABLE | WRITABLE | READ_HUP | EDGE,
-            Registration::Level => wanted_interest(conn),
-            Registration::OneShot => wanted_interest(conn) | EDGE | ONESHOT,
-        }
+        self.registration.interest_of(conn)
     }
 
     /// Level-triggered mode: registers exactly the interest the connection
@@ -270,6 +287,29 @@ impl<S> Core<S> {
     pub(crate) fn request_close(&mut self, id: ConnId, reason: CloseReason, mode: CloseMode) {
         if self.conns.contains(id) {
             self.close_requests.push(CloseRequest { id, reason, mode });
+        }
+    }
+
+    /// Makes connection `id` reachable by this loop (a one-shot worker
+    /// checks it out), or says why it is not.
+    pub(crate) fn reach(&mut self, id: ConnId) -> Result<(), Error> {
+        match self.conns.acquire(id) {
+            Acquire::Held => Ok(()),
+            Acquire::Stale => Err(Error::StaleConn(id)),
+            Acquire::Busy => Err(Error::Busy(id)),
+        }
+    }
+
+    /// One-shot: an event found its connection held by another worker.
+    /// During a stop, whose sweep holds every connection for a moment, that
+    /// is expected and not counted.
+    pub(crate) fn count_contention(&mut self) {
+        let stopping = match &self.conns {
+            Slots::Shared(checkout) => checkout.slab().is_stopping(),
+            Slots::Owned(_) => false,
+        };
+        if !stopping {
+            self.stats.oneshot_contention += 1;
         }
     }
 
@@ -340,15 +380,15 @@ impl<S> Core<S> {
             return Err(Error::SameConn(from));
         }
         for id in [from, to] {
-            if !self.conns.acquire(id) {
-                return Err(Error::StaleConn(id));
-            }
+            self.reach(id)?;
         }
         let Some((source, target)) = self.conns.get2_mut(from, to) else {
             return Err(Error::StaleConn(to));
         };
         let moved = source.input.len();
-        target.output.append_from(&mut source.input, &mut self.buffers);
+        target
+            .output
+            .append_from(&mut source.input, &mut self.buffers);
         if moved > 0 {
             self.output_grew(to);
         }
@@ -382,10 +422,7 @@ impl<S> Core<S> {
         }
         conn.interest = self.interest_of(&conn);
         let (fd, interest) = (conn.fd.as_raw_fd(), conn.interest);
-        let id = match self.conns.insert(conn) {
-            Ok(id) => id,
-            Err(_) => return Err(Error::PoolFull),
-        };
+        let id = self.conns.insert(conn).ok_or(Error::PoolFull)?;
         if self.conns.registers_on_insert()
             && let Err(e) = self.epoll.add(fd, id.to_u64(), interest)
         {
@@ -406,13 +443,8 @@ impl<S> Core<S> {
             return Err(Error::PoolFull);
         }
         let fd = socket::connect(addr)?;
-        let mut conn = Connection::new(
-            fd,
-            Some(addr),
-            Origin::Outbound,
-            state,
-            self.clock.now_ns(),
-        );
+        let mut conn =
+            Connection::new(fd, Some(addr), Origin::Outbound, state, self.clock.now_ns());
         conn.phase = Phase::Connecting {
             timeout: TimerId::UNARMED,
         };

@@ -46,11 +46,10 @@ impl<'a, S> Ctx<'a, S> {
     }
 
     /// The connection `id`, to act on; `Err(StaleConn)` if it has closed,
-    /// even when its slot already holds a newer connection.
+    /// even when its slot already holds a newer connection. In the one-shot
+    /// mode, `Err(Busy)` while another worker is serving it.
     pub fn conn(&mut self, id: ConnId) -> Result<ConnRef<'_, S>, Error> {
-        if !self.core.conns.contains(id) {
-            return Err(Error::StaleConn(id));
-        }
+        self.core.reach(id)?;
         Ok(ConnRef {
             ctx: Ctx::new(self.core),
             id,
@@ -59,7 +58,7 @@ impl<'a, S> Ctx<'a, S> {
 
     /// Whether `id` names an open connection.
     pub fn is_open(&self, id: ConnId) -> bool {
-        self.core.conns.contains(id)
+        self.core.occupants.is_open(id)
     }
 
     /// Starts an outbound connection to `addr` whose state starts as

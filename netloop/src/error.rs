@@ -22,12 +22,20 @@ pub enum Error {
     /// The connection this id named has closed; its slot may hold another.
     #[error("connection {0} is closed")]
     StaleConn(ConnId),
+    /// One-shot mode: another worker is serving that connection right now.
+    /// Try again later (from a timer or the connection's next event).
+    #[error("connection {0} is being served by another worker")]
+    Busy(ConnId),
     /// An operation between two connections named the same one twice.
     #[error("connection {0} cannot be both ends")]
     SameConn(ConnId),
     /// The connection pool is full.
     #[error("the connection pool is full")]
     PoolFull,
+    /// An event loop failed outside any handler callback (its `epoll_wait`
+    /// failed, or the loop itself panicked); the server was stopped.
+    #[error("an event loop died: {0}")]
+    LoopDied(String),
     /// The loop has stopped and no longer takes commands.
     #[error("the event loop has stopped")]
     LoopStopped,

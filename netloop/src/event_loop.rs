@@ -14,20 +14,31 @@ use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::connection::{Connection, Origin};
-use crate::core::{CloseMode, Core, Registration};
+use crate::core::{CloseMode, Core, RETRY_BUSY, Registration};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::handle::{Command, LoopHandle};
 use crate::handler::Handler;
 use crate::occupants::Occupants;
-use crate::slots::Slots;
+use crate::slots::{Acquire, Slots};
 use crate::stats::Stats;
 use crate::sys::epoll::{ERROR, Epoll, Event, Events, HUP, READ_HUP, READABLE, WRITABLE};
-use crate::token::{ConnId, RESERVED_INDEX_BASE, WAKER_INDEX};
+use crate::timer::Timers;
+use crate::token::{ConnId, EXIT_INDEX, RESERVED_INDEX_BASE, WAKER_INDEX};
 use crate::waker::Mailbox;
 
 /// Where an acceptor loop sends the connections it accepts.
 pub(crate) type Handoff = Box<dyn FnMut(OwnedFd, Option<SocketAddr>) + Send>;
+
+/// What a loop is made of besides its config and handler.
+pub(crate) struct LoopParts<S> {
+    pub(crate) registration: Registration,
+    pub(crate) epoll: Arc<Epoll>,
+    pub(crate) slots: Slots<S>,
+    pub(crate) occupants: Arc<Occupants>,
+    pub(crate) mailbox: Arc<Mailbox<Command<S>>>,
+    pub(crate) timers: Timers,
+}
 
 /// One event loop with its handler.
 pub struct EventLoop<H: Handler> {
@@ -37,15 +48,14 @@ pub struct EventLoop<H: Handler> {
     pub(crate) handoff: Option<Handoff>,
     mailbox: Arc<Mailbox<Command<H::State>>>,
     commands: Vec<Command<H::State>>,
+    /// Commands whose connection another one-shot worker was serving.
+    retried: Vec<Command<H::State>>,
     started: bool,
 }
 
 impl<H: Handler> EventLoop<H> {
     /// Creates a loop (epoll, waker, empty pool) serving connections with `handler`.
     pub fn new(config: Config, handler: H) -> Result<Self, Error> {
-        let registration = Registration::from_trigger(config.trigger);
-        let slots = Slots::owned(config.max_connections);
-        let occupants = Arc::new(Occupants::new(config.max_connections));
         let epoll = Arc::new(Epoll::new()?);
         let mailbox = Arc::new(Mailbox::new()?);
         epoll.add(
@@ -53,38 +63,39 @@ impl<H: Handler> EventLoop<H> {
             ConnId::new(WAKER_INDEX, 0).to_u64(),
             READABLE,
         )?;
-        Self::with_parts(
-            config,
-            handler,
+        let parts = LoopParts {
+            registration: Registration::from_trigger(config.trigger),
+            epoll,
+            slots: Slots::owned(config.max_connections),
+            occupants: Arc::new(Occupants::new(config.max_connections)),
+            mailbox,
+            timers: Timers::default(),
+        };
+        Ok(Self::with_parts(config, handler, parts))
+    }
+
+    /// A loop over the given parts, the mailbox already registered with the
+    /// epoll (the one-shot workers share all but the timers).
+    pub(crate) fn with_parts(config: Config, handler: H, parts: LoopParts<H::State>) -> Self {
+        let events = Events::with_capacity(config.events_capacity);
+        let LoopParts {
             registration,
             epoll,
             slots,
             occupants,
             mailbox,
-        )
-    }
-
-    /// A loop over the given epoll, slots and mailbox, the mailbox already
-    /// registered with the epoll (the one-shot workers share all three).
-    pub(crate) fn with_parts(
-        config: Config,
-        handler: H,
-        registration: Registration,
-        epoll: Arc<Epoll>,
-        slots: Slots<H::State>,
-        occupants: Arc<Occupants>,
-        mailbox: Arc<Mailbox<Command<H::State>>>,
-    ) -> Result<Self, Error> {
-        let events = Events::with_capacity(config.events_capacity);
-        Ok(Self {
-            core: Core::new(config, registration, epoll, slots, occupants),
+            timers,
+        } = parts;
+        Self {
+            core: Core::new(config, registration, epoll, slots, occupants, timers),
             handler,
             events,
             handoff: None,
             mailbox,
             commands: Vec::new(),
+            retried: Vec::new(),
             started: false,
-        })
+        }
     }
 
     /// Adds an already connected socket as a connection of this loop.
@@ -163,6 +174,12 @@ impl<H: Handler> EventLoop<H> {
     /// Runs one turn, waiting at most `max_wait` (and less if a timer is due).
     pub fn turn(&mut self, max_wait: Option<Duration>) -> Result<(), Error> {
         self.start_once();
+        self.core.follow_shared_stop();
+        let max_wait = if self.retried.is_empty() {
+            max_wait
+        } else {
+            Some(max_wait.map_or(RETRY_BUSY, |m| m.min(RETRY_BUSY)))
+        };
         let timeout = self.core.wait_timeout(max_wait);
         // Taken out while dispatching borrows `self`; the placeholder holds no memory.
         let mut events = std::mem::take(&mut self.events);
@@ -197,10 +214,37 @@ impl<H: Handler> EventLoop<H> {
     }
 
     pub(crate) fn finish_turn(&mut self) {
+        self.retry_commands();
         self.run_posted();
         self.expire_timers();
         self.flush_all();
         self.notify_drained();
+        self.check_in();
+    }
+
+    /// One-shot: hands every connection this worker served back to the
+    /// shared slab, re-armed for what it waits for.
+    fn check_in(&mut self) {
+        let registration = self.core.registration;
+        let Slots::Shared(checkout) = &mut self.core.conns else {
+            return;
+        };
+        let (rearmed, failed) =
+            checkout.check_in_all(&self.core.epoll, |conn| registration.interest_of(conn));
+        self.core.stats.rearms += rearmed;
+        if failed.is_empty() {
+            return;
+        }
+        let mut ids = Vec::with_capacity(failed.len());
+        for (id, conn) in failed {
+            checkout.hold_again(id, conn);
+            ids.push(id);
+        }
+        for id in ids {
+            self.core
+                .request_close(id, CloseReason::Reset, CloseMode::Now);
+        }
+        self.drain_closes();
     }
 
     pub(crate) fn dispatch(&mut self, event: Event) {
@@ -209,12 +253,26 @@ impl<H: Handler> EventLoop<H> {
             self.dispatch_internal(id.index());
             return;
         }
-        if !self.core.conns.acquire(id) {
-            self.core.stats.stale_events += 1;
-            return;
+        match self.core.conns.acquire(id) {
+            Acquire::Held => {}
+            Acquire::Stale => {
+                self.core.stats.stale_events += 1;
+                return;
+            }
+            // One-shot: a worker holds it for a timer, an operation by id
+            // or a stop, and re-arms it when it hands it back, which
+            // reports this readiness again.
+            Acquire::Busy => {
+                self.core.count_contention();
+                return;
+            }
         }
         let bits = event.events;
-        if self.core.conns.get(id).is_some_and(Connection::is_connecting)
+        if self
+            .core
+            .conns
+            .get(id)
+            .is_some_and(Connection::is_connecting)
             && !self.finish_connect(id, bits)
         {
             return;
@@ -237,11 +295,12 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn dispatch_internal(&mut self, index: u32) {
-        if index == WAKER_INDEX {
-            self.run_commands();
-            return;
+        match index {
+            WAKER_INDEX => self.run_commands(),
+            // One-shot: the pool has stopped; the run loop sees it.
+            EXIT_INDEX => {}
+            _ => self.accept_from((index - RESERVED_INDEX_BASE) as usize),
         }
-        self.accept_from((index - RESERVED_INDEX_BASE) as usize);
     }
 
     /// Puts an accepted or adopted socket in the pool and tells the handler.
@@ -314,32 +373,61 @@ impl<H: Handler> EventLoop<H> {
     fn run_commands(&mut self) {
         let mut commands = std::mem::take(&mut self.commands);
         self.mailbox.take(&mut commands);
+        self.run_command_batch(commands);
+    }
+
+    /// Commands that found their connection busy with another one-shot
+    /// worker, run again.
+    fn retry_commands(&mut self) {
+        if !self.retried.is_empty() {
+            let commands = std::mem::take(&mut self.retried);
+            self.run_command_batch(commands);
+        }
+    }
+
+    fn run_command_batch(&mut self, mut commands: Vec<Command<H::State>>) {
         for command in commands.drain(..) {
             self.run_command(command);
             self.drain_closes();
         }
-        self.commands = commands;
+        if self.commands.capacity() == 0 {
+            self.commands = commands;
+        }
     }
 
     fn run_command(&mut self, command: Command<H::State>) {
+        let target = match &command {
+            Command::Write(id, _) | Command::Close(id) => Some(*id),
+            _ => None,
+        };
+        if let Some(id) = target {
+            match self.core.conns.acquire(id) {
+                Acquire::Held => {}
+                Acquire::Stale => {
+                    self.core.stats.stale_commands += 1;
+                    return;
+                }
+                Acquire::Busy => {
+                    self.retried.push(command);
+                    return;
+                }
+            }
+        }
         match command {
             Command::Stop => self.core.begin_stop(),
             Command::Write(id, bytes) => {
-                if self.core.conns.acquire(id) && self.core.write(id, &bytes).is_ok() {
-                    return;
-                }
-                self.core.stats.stale_commands += 1;
-            }
-            Command::Close(id) => {
-                if self.core.conns.acquire(id) {
-                    self.core
-                        .request_close(id, CloseReason::Closed, CloseMode::AfterOutput);
-                } else {
+                if self.core.write(id, &bytes).is_err() {
                     self.core.stats.stale_commands += 1;
                 }
             }
+            Command::Close(id) => {
+                self.core
+                    .request_close(id, CloseReason::Closed, CloseMode::AfterOutput);
+            }
             Command::Adopt(fd, peer) => self.adopt_fd(fd, peer),
             Command::Run(task) => self.call_with_ctx("a posted task", |_, ctx| task(ctx)),
+            #[cfg(feature = "testing")]
+            Command::Crash => panic!("loop crashed on purpose by a test"),
         }
     }
 

@@ -22,6 +22,10 @@ pub(crate) enum Command<S> {
     Close(ConnId),
     Run(Task<S>),
     Adopt(OwnedFd, Option<SocketAddr>),
+    /// Makes the loop panic outside any handler callback, as a bug in the
+    /// loop would: for tests of what a server does when a loop dies.
+    #[cfg(feature = "testing")]
+    Crash,
 }
 
 /// A `Send + Clone` handle to a loop, usable from any thread.
@@ -102,6 +106,13 @@ impl<S> LoopHandle<S> {
 
     pub(crate) fn adopt_fd(&self, fd: OwnedFd, peer: Option<SocketAddr>) -> Result<(), Error> {
         self.mailbox.send(Command::Adopt(fd, peer))
+    }
+
+    /// Makes the loop die as a bug in the loop itself would (not a handler
+    /// panic, which costs one connection only). For tests.
+    #[cfg(feature = "testing")]
+    pub fn crash(&self) -> Result<(), Error> {
+        self.mailbox.send(Command::Crash)
     }
 
     /// Runs `task` on the loop's thread.

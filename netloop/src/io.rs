@@ -176,7 +176,12 @@ impl<H: Handler> EventLoop<H> {
         while !self.core.drained.is_empty() {
             let drained = std::mem::take(&mut self.core.drained);
             for id in drained {
-                if self.core.conns.get(id).is_some_and(|c| c.phase == Phase::Open) {
+                if self
+                    .core
+                    .conns
+                    .get(id)
+                    .is_some_and(|c| c.phase == Phase::Open)
+                {
                     self.call(id, |handler, conn| handler.on_drained(conn));
                 }
             }

@@ -60,6 +60,7 @@ mod timer;
 mod token;
 
 mod connection;
+mod shared;
 mod slots;
 mod waker;
 
@@ -77,8 +78,12 @@ mod event_loop;
 mod io;
 mod timeouts;
 
-pub mod echo;
+mod acceptor;
+mod loop_thread;
+mod oneshot;
 pub mod server;
+
+pub mod echo;
 
 pub use buffer::Buffer;
 pub use close_reason::CloseReason;
@@ -100,5 +105,7 @@ pub use token::ConnId;
 /// part of the stable API.
 #[cfg(feature = "testing")]
 pub mod testing {
-    pub use crate::sys::epoll::{EDGE, ERROR, Epoll, Event, Events, HUP, READ_HUP, READABLE, WRITABLE};
+    pub use crate::sys::epoll::{
+        EDGE, ERROR, Epoll, Event, Events, HUP, READ_HUP, READABLE, WRITABLE,
+    };
 }

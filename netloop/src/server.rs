@@ -1,4 +1,4 @@
-//! Several loops on several threads (DESIGN §4).
+//! Several loops on several threads.
 //!
 //! - [`Mode::ReusePort`] (the default): every loop has its own
 //!   `SO_REUSEPORT` listener on the same port, its own pool and timers; the
@@ -7,23 +7,26 @@
 //!   registering it with `EPOLLEXCLUSIVE` so that a connection wakes one loop.
 //! - [`Mode::Acceptor`] (muduo's `EventLoopThreadPool`): one thread accepts
 //!   and hands each connection to a loop, round-robin or by a hash of the
-//!   peer's address, through that loop's waker inbox.
+//!   peer's address, through that loop's mailbox.
+//! - [`Mode::OneShot`]: one epoll, the threads all waiting on it, every
+//!   socket armed `EPOLLONESHOT` so that one thread serves a connection at a
+//!   time: for handlers that block or run long.
 //!
-//! The one-shot worker pool, for handlers that block, is in
-//! [`oneshot`](crate::oneshot).
+//! The same [`Handler`] runs unchanged in every mode.
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 
+use crate::acceptor::spawn_acceptor;
 use crate::config::Config;
-use crate::conn::Conn;
 use crate::error::Error;
 use crate::event_loop::EventLoop;
 use crate::handle::LoopHandle;
 use crate::handler::Handler;
+use crate::loop_thread::{Health, LoopThread, spawn_loop};
+use crate::oneshot::spawn_workers;
 use crate::stats::Stats;
 use crate::sys::socket::{self, ListenOptions};
 
@@ -37,6 +40,15 @@ pub enum Mode {
     Exclusive,
     /// One acceptor thread handing connections to the loops.
     Acceptor,
+    /// One epoll shared by worker threads, sockets armed `EPOLLONESHOT`.
+    /// Each worker takes one ready connection per wait, so a handler that
+    /// blocks holds up its own connection only.
+    ///
+    /// Differences a handler can notice: `max_connections` is for the whole
+    /// pool; a connection another worker is serving cannot be reached by id
+    /// ([`Ctx::conn`](crate::Ctx::conn) answers `Err(Busy)`); and
+    /// [`Server::handles`] holds one handle for the pool.
+    OneShot,
 }
 
 /// Chooses the loop for a connection in [`Mode::Acceptor`].
@@ -67,7 +79,8 @@ pub struct ServerConfig {
     pub mode: Mode,
     /// The loop for each connection, in [`Mode::Acceptor`].
     pub dispatch: Dispatch,
-    /// Settings of every loop. `max_connections` is per loop.
+    /// Settings of every loop. `max_connections` is per loop (for the whole
+    /// pool in [`Mode::OneShot`]).
     pub loop_config: Config,
 }
 
@@ -84,16 +97,9 @@ impl Default for ServerConfig {
 
 /// Stops every loop of a server; `Send + Clone`, usable from any thread
 /// (a signal handler thread, say).
+#[derive(Clone)]
 pub struct Stopper {
     stops: Vec<Arc<dyn Fn() + Send + Sync>>,
-}
-
-impl Clone for Stopper {
-    fn clone(&self) -> Self {
-        Self {
-            stops: self.stops.clone(),
-        }
-    }
 }
 
 impl fmt::Debug for Stopper {
@@ -114,9 +120,11 @@ impl Stopper {
     }
 }
 
-type LoopThread = JoinHandle<Result<Stats, Error>>;
-
 /// A running multi-threaded server.
+///
+/// If a loop dies outside its handler's callbacks (handler panics are
+/// contained per connection), every loop is stopped and [`join`](Self::join)
+/// returns [`Error::LoopDied`].
 ///
 /// ```no_run
 /// use netloop::server::{Server, ServerConfig};
@@ -145,10 +153,7 @@ impl<S> fmt::Debug for Server<S> {
     }
 }
 
-/// What a loop thread reports once it is listening (or failed to).
-type Ready<S> = Result<(LoopHandle<S>, Option<SocketAddr>), Error>;
-
-impl<S: Default + 'static> Server<S> {
+impl<S: Default + Send + 'static> Server<S> {
     /// Starts `config.threads` loops serving `addr`, each with the handler
     /// `make_handler(loop_index)` builds on that loop's own thread (so the
     /// handler need not be `Send`).
@@ -161,66 +166,93 @@ impl<S: Default + 'static> Server<S> {
         H: Handler<State = S> + 'static,
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
-        let threads = config.threads.max(1);
+        let health = Arc::new(Health::default());
         let make_handler = Arc::new(make_handler);
-        let shared_listener = match config.mode {
-            Mode::Exclusive => Some(
-                socket::listen(addr, ListenOptions::default())
-                    .map_err(|source| Error::Listen { addr, source })?,
-            ),
-            _ => None,
-        };
-        let mut bind_addr = addr;
-        let mut handles = Vec::with_capacity(threads);
-        let mut loops = Vec::with_capacity(threads);
-        let mut local_addr = shared_listener
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
-        for index in 0..threads {
-            let shared = shared_listener
-                .as_ref()
-                .map(TcpListener::try_clone)
-                .transpose()?;
-            let mode = config.mode;
-            let setup = move |event_loop: &mut EventLoop<H>| -> Result<Option<SocketAddr>, Error> {
-                match (mode, shared) {
-                    (Mode::ReusePort, _) => event_loop
-                        .listen_with(
-                            bind_addr,
-                            ListenOptions {
-                                reuse_port: true,
-                                ..ListenOptions::default()
-                            },
-                        )
-                        .map(Some),
-                    (Mode::Exclusive, Some(listener)) => {
-                        event_loop.add_listener(listener, true).map(Some)
-                    }
-                    _ => Ok(None),
+        let threads = config.threads.max(1);
+        let server = match config.mode {
+            Mode::OneShot => {
+                let workers =
+                    spawn_workers(addr, threads, &config.loop_config, make_handler, &health)?;
+                Self {
+                    local_addr: workers.local_addr,
+                    handles: vec![workers.handle],
+                    acceptor: None,
+                    loops: workers.threads,
                 }
-            };
-            let make_handler = Arc::clone(&make_handler);
-            let loop_config = config.loop_config.clone();
-            let (thread, ready) =
-                spawn_loop(index, loop_config, move || make_handler(index), setup)?;
-            let (handle, bound) = match ready {
-                Ok(ready) => ready,
-                Err(e) => {
-                    stop_all(&handles);
-                    return Err(e);
-                }
-            };
-            if let Some(bound) = bound {
-                // Port 0: the first loop picked a port; the others join it.
-                bind_addr = bound;
-                local_addr.get_or_insert(bound);
             }
-            handles.push(handle);
-            loops.push(thread);
+            _ => start_loops(addr, &config, make_handler, &health)?,
+        };
+        let stopper = server.stopper();
+        health.set_stop_all(Box::new(move || stopper.stop()));
+        Ok(server)
+    }
+}
+
+/// Starts the loops of the reuseport, exclusive and acceptor modes.
+fn start_loops<S, H, F>(
+    addr: SocketAddr,
+    config: &ServerConfig,
+    make_handler: Arc<F>,
+    health: &Arc<Health>,
+) -> Result<Server<S>, Error>
+where
+    S: Default + 'static,
+    H: Handler<State = S> + 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
+    let shared_listener = match config.mode {
+        Mode::Exclusive => Some(
+            socket::listen(addr, ListenOptions::default())
+                .map_err(|source| Error::Listen { addr, source })?,
+        ),
+        _ => None,
+    };
+    let mut bind_addr = addr;
+    let mut handles = Vec::new();
+    let mut loops = Vec::new();
+    let mut local_addr = shared_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    for index in 0..config.threads.max(1) {
+        let shared = shared_listener
+            .as_ref()
+            .map(TcpListener::try_clone)
+            .transpose()?;
+        let mode = config.mode;
+        let make_handler = Arc::clone(&make_handler);
+        let loop_config = config.loop_config.clone();
+        let build = move || {
+            let mut event_loop = EventLoop::new(loop_config, make_handler(index))?;
+            let bound = listen_for_mode(&mut event_loop, mode, bind_addr, shared)?;
+            Ok((event_loop, bound))
+        };
+        let spawned = spawn_loop(format!("netloop-{index}"), Arc::clone(health), build);
+        let (thread, (handle, bound)) = match spawned.and_then(|(t, ready)| Ok((t, ready?))) {
+            Ok(started) => started,
+            Err(e) => {
+                stop_all(&handles);
+                return Err(e);
+            }
+        };
+        if let Some(bound) = bound {
+            // Port 0: the first loop picked a port; the others join it.
+            bind_addr = bound;
+            local_addr.get_or_insert(bound);
         }
-        let acceptor = match config.mode {
-            Mode::Acceptor => match spawn_acceptor(addr, &config, &handles) {
+        handles.push(handle);
+        loops.push(thread);
+    }
+    let acceptor = match config.mode {
+        Mode::Acceptor => {
+            let spawned = spawn_acceptor(
+                addr,
+                &config.loop_config,
+                config.dispatch.clone(),
+                &handles,
+                Arc::clone(health),
+            );
+            match spawned {
                 Ok((handle, thread, bound)) => {
                     local_addr = Some(bound);
                     Some((handle, thread))
@@ -229,17 +261,36 @@ impl<S: Default + 'static> Server<S> {
                     stop_all(&handles);
                     return Err(e);
                 }
-            },
-            _ => None,
-        };
-        let local_addr =
-            local_addr.ok_or_else(|| Error::Io(std::io::Error::other("no listener")))?;
-        Ok(Self {
-            local_addr,
-            handles,
-            acceptor,
-            loops,
-        })
+            }
+        }
+        _ => None,
+    };
+    let local_addr = local_addr.ok_or_else(|| Error::Io(std::io::Error::other("no listener")))?;
+    Ok(Server {
+        local_addr,
+        handles,
+        acceptor,
+        loops,
+    })
+}
+
+/// Gives a loop its listener as the mode wants; returns the bound address.
+fn listen_for_mode<H: Handler>(
+    event_loop: &mut EventLoop<H>,
+    mode: Mode,
+    addr: SocketAddr,
+    shared: Option<TcpListener>,
+) -> Result<Option<SocketAddr>, Error> {
+    match (mode, shared) {
+        (Mode::ReusePort, _) => {
+            let options = ListenOptions {
+                reuse_port: true,
+                ..ListenOptions::default()
+            };
+            event_loop.listen_with(addr, options).map(Some)
+        }
+        (Mode::Exclusive, Some(listener)) => event_loop.add_listener(listener, true).map(Some),
+        _ => Ok(None),
     }
 }
 
@@ -249,7 +300,7 @@ impl<S: 'static> Server<S> {
         self.local_addr
     }
 
-    /// One handle per loop, in loop order.
+    /// One handle per loop, in loop order (one for a one-shot pool).
     pub fn handles(&self) -> &[LoopHandle<S>] {
         &self.handles
     }
@@ -275,7 +326,7 @@ impl<S: 'static> Server<S> {
     }
 
     /// Waits for every loop to finish; returns each serving loop's stats,
-    /// in loop order.
+    /// in loop order, or the first loop's failure.
     pub fn join(self) -> Result<Vec<Stats>, Error> {
         let mut result = Ok(Vec::with_capacity(self.loops.len()));
         if let Some((_, thread)) = self.acceptor
@@ -297,122 +348,11 @@ impl<S: 'static> Server<S> {
 fn join_loop(thread: LoopThread) -> Result<Stats, Error> {
     thread
         .join()
-        .map_err(|_| Error::Io(std::io::Error::other("an event loop thread panicked")))?
+        .map_err(|_| Error::LoopDied("its thread panicked".to_string()))?
 }
 
 fn stop_all<S>(handles: &[LoopHandle<S>]) {
     for handle in handles {
         let _ = handle.stop();
-    }
-}
-
-/// Spawns one loop thread, runs `setup` on it (listeners, hand-off), and
-/// waits until that is done.
-fn spawn_loop<H, F, G>(
-    index: usize,
-    config: Config,
-    make_handler: F,
-    setup: G,
-) -> Result<(LoopThread, Ready<H::State>), Error>
-where
-    H: Handler + 'static,
-    F: FnOnce() -> H + Send + 'static,
-    G: FnOnce(&mut EventLoop<H>) -> Result<Option<SocketAddr>, Error> + Send + 'static,
-{
-    let (ready_tx, ready_rx) = mpsc::channel::<Ready<H::State>>();
-    let name = if index == usize::MAX {
-        "netloop-acceptor".to_string()
-    } else {
-        format!("netloop-{index}")
-    };
-    let thread = thread::Builder::new()
-        .name(name)
-        .spawn(move || -> Result<Stats, Error> {
-            let started = EventLoop::new(config, make_handler()).and_then(|mut event_loop| {
-                let bound = setup(&mut event_loop)?;
-                Ok((event_loop, bound))
-            });
-            let mut event_loop = match started {
-                Ok((event_loop, bound)) => {
-                    let _ = ready_tx.send(Ok((event_loop.handle(), bound)));
-                    event_loop
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    let _ = ready_tx.send(Err(e));
-                    return Err(Error::Io(std::io::Error::other(message)));
-                }
-            };
-            event_loop.run()?;
-            Ok(event_loop.stats().clone())
-        })?;
-    let ready = ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(Error::Io(std::io::Error::other("loop thread exited early"))));
-    Ok((thread, ready))
-}
-
-/// The acceptor's handler: it never serves a connection itself.
-struct AcceptOnly;
-
-impl Handler for AcceptOnly {
-    type State = ();
-
-    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
-        conn.abort(crate::close_reason::CloseReason::Closed);
-    }
-}
-
-fn spawn_acceptor<S: 'static>(
-    addr: SocketAddr,
-    config: &ServerConfig,
-    handles: &[LoopHandle<S>],
-) -> Result<(LoopHandle<()>, LoopThread, SocketAddr), Error> {
-    let mut distributor = Distributor::new(handles.to_vec(), config.dispatch.clone());
-    let acceptor_config = Config {
-        max_connections: 1,
-        ..config.loop_config.clone()
-    };
-    let setup = move |event_loop: &mut EventLoop<AcceptOnly>| {
-        event_loop.handoff = Some(Box::new(move |fd, peer| distributor.hand_off(fd, peer)));
-        event_loop.listen(addr).map(Some)
-    };
-    let (thread, ready) = spawn_loop(usize::MAX, acceptor_config, || AcceptOnly, setup)?;
-    let (handle, bound) = ready?;
-    let bound =
-        bound.ok_or_else(|| Error::Io(std::io::Error::other("acceptor has no listener")))?;
-    Ok((handle, thread, bound))
-}
-
-/// Picks target loops for accepted connections.
-struct Distributor<S> {
-    targets: Vec<LoopHandle<S>>,
-    dispatch: Dispatch,
-    next: usize,
-}
-
-impl<S> Distributor<S> {
-    fn new(targets: Vec<LoopHandle<S>>, dispatch: Dispatch) -> Self {
-        Self {
-            targets,
-            dispatch,
-            next: 0,
-        }
-    }
-
-    fn hand_off(&mut self, fd: std::os::fd::OwnedFd, peer: Option<SocketAddr>) {
-        if self.targets.is_empty() {
-            return;
-        }
-        let index = match &self.dispatch {
-            Dispatch::RoundRobin => {
-                self.next = (self.next + 1) % self.targets.len();
-                self.next
-            }
-            Dispatch::Hash(hash) => hash(peer) % self.targets.len(),
-        };
-        if let Err(e) = self.targets[index].adopt_fd(fd, peer) {
-            tracing::warn!(error = %e, loop_index = index, "cannot hand off a connection");
-        }
     }
 }

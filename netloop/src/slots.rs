@@ -6,11 +6,15 @@
 
 use crate::connection::Connection;
 use crate::pool::Pool;
+pub(crate) use crate::shared::Acquire;
+use crate::shared::Checkout;
 use crate::token::ConnId;
 
 pub(crate) enum Slots<S> {
     /// A pool owned by one loop.
     Owned(Pool<Connection<S>>),
+    /// A one-shot worker's share of the slab all workers use.
+    Shared(Checkout<S>),
 }
 
 impl<S> Slots<S> {
@@ -21,12 +25,14 @@ impl<S> Slots<S> {
     pub(crate) fn get(&self, id: ConnId) -> Option<&Connection<S>> {
         match self {
             Slots::Owned(pool) => pool.get(id),
+            Slots::Shared(checkout) => checkout.get(id),
         }
     }
 
     pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection<S>> {
         match self {
             Slots::Owned(pool) => pool.get_mut(id),
+            Slots::Shared(checkout) => checkout.get_mut(id),
         }
     }
 
@@ -37,15 +43,18 @@ impl<S> Slots<S> {
     ) -> Option<(&mut Connection<S>, &mut Connection<S>)> {
         match self {
             Slots::Owned(pool) => pool.get2_mut(a, b),
+            Slots::Shared(checkout) => checkout.get2_mut(a, b),
         }
     }
 
     /// Makes `id` reachable by this loop if it is current: always so for
-    /// an owned pool; a one-shot worker checks it out of the shared slab.
-    /// `false` means the id is stale (or, one-shot, served elsewhere now).
-    pub(crate) fn acquire(&mut self, id: ConnId) -> bool {
+    /// an owned pool; a one-shot worker checks it out of the shared slab,
+    /// unless another worker is serving it.
+    pub(crate) fn acquire(&mut self, id: ConnId) -> Acquire {
         match self {
-            Slots::Owned(pool) => pool.contains(id),
+            Slots::Owned(pool) if pool.contains(id) => Acquire::Held,
+            Slots::Owned(_) => Acquire::Stale,
+            Slots::Shared(checkout) => checkout.acquire(id),
         }
     }
 
@@ -53,42 +62,50 @@ impl<S> Slots<S> {
     pub(crate) fn acquire_all(&mut self) -> Vec<ConnId> {
         match self {
             Slots::Owned(pool) => pool.ids(),
+            Slots::Shared(checkout) => checkout.acquire_all(),
         }
     }
 
+    /// Whether `id` is reachable now (see [`acquire`](Self::acquire)).
     pub(crate) fn contains(&self, id: ConnId) -> bool {
         self.get(id).is_some()
     }
 
-    pub(crate) fn insert(&mut self, conn: Connection<S>) -> Result<ConnId, Connection<S>> {
+    /// Places a new connection; `None` (dropping it) when the pool is full.
+    pub(crate) fn insert(&mut self, conn: Connection<S>) -> Option<ConnId> {
         match self {
-            Slots::Owned(pool) => pool.insert(conn),
+            Slots::Owned(pool) => pool.insert(conn).ok(),
+            Slots::Shared(checkout) => checkout.insert(conn),
         }
     }
 
     pub(crate) fn remove(&mut self, id: ConnId) -> Option<Connection<S>> {
         match self {
             Slots::Owned(pool) => pool.remove(id),
+            Slots::Shared(checkout) => checkout.remove(id),
         }
     }
 
-    /// Open connections.
+    /// Open connections (all workers' together, one-shot).
     pub(crate) fn len(&self) -> usize {
         match self {
             Slots::Owned(pool) => pool.len(),
+            Slots::Shared(checkout) => checkout.slab().len(),
         }
     }
 
     pub(crate) fn is_full(&self) -> bool {
         match self {
             Slots::Owned(pool) => pool.is_full(),
+            Slots::Shared(checkout) => checkout.slab().is_full(),
         }
     }
 
-    /// The connections this loop can reach now.
+    /// The connections reachable now.
     pub(crate) fn ids(&self) -> Vec<ConnId> {
         match self {
             Slots::Owned(pool) => pool.ids(),
+            Slots::Shared(checkout) => checkout.ids(),
         }
     }
 

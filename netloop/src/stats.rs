@@ -35,8 +35,9 @@ pub struct Stats {
     pub write_calls: u64,
     /// One-shot mode: `epoll_ctl(MOD)` re-arms, one per event served.
     pub rearms: u64,
-    /// One-shot mode: events whose connection another thread was still
-    /// serving. Always zero unless one-shot exclusivity is broken.
+    /// One-shot mode: events that found their connection held by another
+    /// worker, outside a stop. The holder re-arms it, so nothing is lost;
+    /// zero unless handlers use timers or act on other connections by id.
     pub oneshot_contention: u64,
     /// Handler callbacks that panicked. Each cost its connection only
     /// (closed with [`CloseReason::HandlerPanic`]), or, for a posted task or

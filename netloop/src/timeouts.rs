@@ -6,11 +6,15 @@ use crate::close_reason::CloseReason;
 use crate::core::CloseMode;
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
+use crate::slots::Acquire;
 use crate::timer::{TimerId, TimerKind};
 use crate::token::ConnId;
 
 impl<H: Handler> EventLoop<H> {
     pub(crate) fn expire_timers(&mut self) {
+        for (timer, kind) in self.core.timers.take_postponed() {
+            self.on_timer_expired(timer, kind);
+        }
         let now = self.core.clock.now_ns();
         while let Some((timer, kind)) = self.core.timers.pop_expired(now) {
             self.on_timer_expired(timer, kind);
@@ -18,24 +22,25 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn on_timer_expired(&mut self, timer: TimerId, kind: TimerKind) {
+        if let Some(id) = kind.conn() {
+            match self.core.conns.acquire(id) {
+                Acquire::Held => {}
+                Acquire::Stale => return,
+                // One-shot: another worker is serving it; next turn.
+                Acquire::Busy => return self.core.timers.postpone(timer, kind),
+            }
+        }
         match kind {
             TimerKind::Idle(id) => self.idle_check(id),
             TimerKind::User { conn, data } => {
-                if self.core.conns.acquire(conn) {
-                    self.call(conn, |handler, c| handler.on_timer(c, timer, data));
-                }
+                self.call(conn, |handler, c| handler.on_timer(c, timer, data));
             }
             TimerKind::ConnectTimeout(id) => {
-                let connecting = self.core.conns.acquire(id)
-                    && self.core.conns.get(id).is_some_and(|c| c.is_connecting());
-                if connecting {
+                if self.core.conns.get(id).is_some_and(|c| c.is_connecting()) {
                     self.close_now(id, CloseReason::ConnectTimeout);
                 }
             }
             TimerKind::CloseDeadline(id) => {
-                if !self.core.conns.acquire(id) {
-                    return;
-                }
                 if let Some(reason) = self.core.conns.get(id).and_then(|c| c.closing_reason()) {
                     self.close_now(id, reason);
                 }
@@ -62,9 +67,6 @@ impl<H: Handler> EventLoop<H> {
         let Some(idle) = self.core.config.idle_timeout else {
             return;
         };
-        if !self.core.conns.acquire(id) {
-            return;
-        }
         let now = self.core.clock.now_ns();
         let Some(conn) = self.core.conns.get_mut(id) else {
             return;

@@ -4,8 +4,16 @@
 //! in O(log n) and, unlike a binary heap, removes a cancelled timer at once,
 //! so closed connections leave nothing behind (nginx keeps its timers in a
 //! red-black tree for the same reason).
+//!
+//! One-shot workers each keep their own timers, while a connection moves
+//! from worker to worker. So timer sequence numbers are unique across the
+//! process, a timer cancelled by a worker that does not hold it is
+//! remembered in a set the workers share until its holder meets it, and a
+//! timer whose connection another worker is serving waits a turn.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::token::ConnId;
 
@@ -25,6 +33,9 @@ impl TimerId {
     };
 }
 
+/// Sequence numbers for every timer of the process.
+static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
 /// What a timer does when it expires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TimerKind {
@@ -42,28 +53,65 @@ pub(crate) enum TimerKind {
     StopDeadline,
 }
 
+impl TimerKind {
+    /// The connection this timer is about, if any.
+    pub(crate) fn conn(self) -> Option<ConnId> {
+        match self {
+            TimerKind::Idle(id)
+            | TimerKind::User { conn: id, .. }
+            | TimerKind::ConnectTimeout(id)
+            | TimerKind::CloseDeadline(id) => Some(id),
+            TimerKind::AcceptResume | TimerKind::StopDeadline => None,
+        }
+    }
+}
+
+/// Timers cancelled by a one-shot worker that did not hold them.
+pub(crate) type Tombstones = Arc<Mutex<HashSet<TimerId>>>;
+
 /// The loop's timers.
 #[derive(Default)]
 pub(crate) struct Timers {
     armed: BTreeMap<TimerId, TimerKind>,
-    next_sequence: u64,
+    /// Expired while their connection was busy elsewhere: retried next turn.
+    postponed: Vec<(TimerId, TimerKind)>,
+    tombstones: Option<Tombstones>,
 }
 
 impl Timers {
+    /// Timers of one one-shot worker, sharing `tombstones` with the others.
+    pub(crate) fn shared_with(tombstones: Tombstones) -> Self {
+        Self {
+            tombstones: Some(tombstones),
+            ..Self::default()
+        }
+    }
+
     /// Arms a timer for the loop-clock time `deadline_ns`.
     pub(crate) fn insert(&mut self, deadline_ns: u64, kind: TimerKind) -> TimerId {
         let id = TimerId {
             deadline_ns,
-            sequence: self.next_sequence,
+            sequence: NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed),
         };
-        self.next_sequence += 1;
         self.armed.insert(id, kind);
         id
     }
 
-    /// Disarms a timer; returns whether it was still armed.
+    /// Disarms a timer; returns whether it was still armed here.
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
-        self.armed.remove(&id).is_some()
+        if self.armed.remove(&id).is_some() {
+            return true;
+        }
+        if let Some(i) = self.postponed.iter().position(|(p, _)| *p == id) {
+            self.postponed.swap_remove(i);
+            return true;
+        }
+        if id != TimerId::UNARMED
+            && let Some(tombstones) = &self.tombstones
+        {
+            lock(tombstones).insert(id);
+        }
+        false
     }
 
     /// The earliest deadline, if any timer is armed.
@@ -71,14 +119,47 @@ impl Timers {
         self.armed.first_key_value().map(|(id, _)| id.deadline_ns)
     }
 
+    /// Whether timers wait to be retried next turn.
+    pub(crate) fn has_postponed(&self) -> bool {
+        !self.postponed.is_empty()
+    }
+
+    /// Keeps a timer whose connection was busy for the next turn.
+    pub(crate) fn postpone(&mut self, id: TimerId, kind: TimerKind) {
+        self.postponed.push((id, kind));
+    }
+
+    /// The timers postponed last turn.
+    pub(crate) fn take_postponed(&mut self) -> Vec<(TimerId, TimerKind)> {
+        std::mem::take(&mut self.postponed)
+    }
+
     /// Removes and returns one timer due at or before `now_ns`.
     pub(crate) fn pop_expired(&mut self, now_ns: u64) -> Option<(TimerId, TimerKind)> {
-        let (id, _) = self.armed.first_key_value()?;
-        if id.deadline_ns > now_ns {
-            return None;
+        loop {
+            let (id, _) = self.armed.first_key_value()?;
+            if id.deadline_ns > now_ns {
+                return None;
+            }
+            let expired = self.armed.pop_first()?;
+            if !self.was_cancelled_elsewhere(expired.0) {
+                return Some(expired);
+            }
         }
-        self.armed.pop_first()
     }
+
+    fn was_cancelled_elsewhere(&self, id: TimerId) -> bool {
+        self.tombstones
+            .as_ref()
+            .is_some_and(|tombstones| lock(tombstones).remove(&id))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A set of ids stays consistent whatever panicked while holding it.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -98,5 +179,17 @@ mod tests {
         assert_eq!(timers.pop_expired(25), None);
         assert_eq!(timers.pop_expired(30).map(|(id, _)| id), Some(late));
         assert_eq!(timers.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_timer_cancelled_by_another_worker_never_fires() {
+        let tombstones = Tombstones::default();
+        let mut holder = Timers::shared_with(Arc::clone(&tombstones));
+        let mut other = Timers::shared_with(tombstones);
+        let cancelled = holder.insert(10, TimerKind::AcceptResume);
+        let kept = holder.insert(20, TimerKind::StopDeadline);
+        assert!(!other.cancel(cancelled), "not armed in the other worker");
+        assert_eq!(holder.pop_expired(30).map(|(id, _)| id), Some(kept));
+        assert_eq!(holder.pop_expired(30), None);
     }
 }

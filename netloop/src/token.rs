@@ -14,6 +14,9 @@ pub(crate) const RESERVED_INDEX_BASE: u32 = u32::MAX - 1024;
 /// The token of the loop's waker.
 pub(crate) const WAKER_INDEX: u32 = u32::MAX;
 
+/// The token of the one-shot pool's "stopped" signal.
+pub(crate) const EXIT_INDEX: u32 = u32::MAX - 1;
+
 /// Identifies one connection for its whole life: `(slot index, generation)`.
 ///
 /// A `ConnId` stays valid until its connection closes; after that every

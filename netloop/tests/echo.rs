@@ -346,10 +346,7 @@ fn stale_conn_id_is_a_clean_error_not_an_action_on_the_new_owner() {
     let (tx, rx) = std::sync::mpsc::channel();
     handle
         .post(move |ctx| {
-            let results = (
-                ctx.conn(old).is_err(),
-                ctx.is_open(old),
-            );
+            let results = (ctx.conn(old).is_err(), ctx.is_open(old));
             tx.send(results).expect("send");
         })
         .expect("post");

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use netloop::testing::{READABLE, WRITABLE};
 use netloop::testing::Event;
+use netloop::testing::{READABLE, WRITABLE};
 use netloop::{CloseReason, Config, ConnId, EventLoop};
 use support::{Plan, Recorder, Seen, connect, read_exact, turn_for, turn_until};
 

@@ -13,7 +13,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netloop::echo::Echo;
-use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerConn, WorkerHandler};
 use netloop::server::{Dispatch, Mode, Server, ServerConfig};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
 use support::{Amplify, Rng, connect, echo_clients, payloads, read_exact};
@@ -38,7 +37,7 @@ fn thousand_clients(addr: SocketAddr, seed: u64) -> (usize, usize) {
 }
 
 fn loop_mode_echoes_every_byte(mode: Mode, threads: usize) {
-    netloop::sys::rlimit::raise_nofile_limit().expect("rlimit");
+    support::raise_nofile_limit();
     let config = ServerConfig {
         threads,
         mode,
@@ -60,22 +59,42 @@ fn loop_mode_echoes_every_byte(mode: Mode, threads: usize) {
 }
 
 fn oneshot_echoes_every_byte(threads: usize) {
-    netloop::sys::rlimit::raise_nofile_limit().expect("rlimit");
-    let config = OneShotConfig {
-        threads,
-        ..OneShotConfig::default()
-    };
-    let server = OneShotServer::start("127.0.0.1:0".parse().expect("addr"), config, |_| Echo)
-        .expect("start");
+    let _alone = oneshot_alone();
+    support::raise_nofile_limit();
+    let server = Server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        oneshot_config(threads, Config::default()),
+        |_| Echo,
+    )
+    .expect("start");
     let (echoed, expected) = thousand_clients(server.local_addr(), threads as u64 * 77);
     assert_eq!(echoed, expected);
-    server.stopper()();
+    server.stopper().stop();
     let stats = server.join().expect("join");
     let mut total = Stats::default();
     stats.iter().for_each(|s| total.merge(s));
     assert_eq!(total.accepted, 1000);
     assert_eq!(total.bytes_written, expected as u64);
     assert_eq!(total.oneshot_contention, 0);
+}
+
+/// Held by every one-shot test, so that one test's worker threads never
+/// share the machine (or the thread-name CPU accounting) with another's.
+static ONESHOT_ALONE: Mutex<()> = Mutex::new(());
+
+fn oneshot_alone() -> std::sync::MutexGuard<'static, ()> {
+    ONESHOT_ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn oneshot_config(threads: usize, loop_config: Config) -> ServerConfig {
+    ServerConfig {
+        threads,
+        mode: Mode::OneShot,
+        loop_config,
+        ..ServerConfig::default()
+    }
 }
 
 #[test]
@@ -127,10 +146,10 @@ struct Exclusivity {
     threads_per_conn: Arc<Mutex<HashMap<ConnId, HashSet<thread::ThreadId>>>>,
 }
 
-impl WorkerHandler for Exclusivity {
+impl Handler for Exclusivity {
     type State = ();
 
-    fn on_data(&mut self, conn: &mut WorkerConn<'_, ()>) {
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
         let id = conn.id();
         {
             let mut inside = self.inside.lock().expect("lock");
@@ -150,7 +169,10 @@ impl WorkerHandler for Exclusivity {
         self.most_running.fetch_max(now, Ordering::SeqCst);
         // A slow handler: a database call, a disk read.
         thread::sleep(Duration::from_millis(3));
-        conn.echo_input();
+        let parts = conn.parts();
+        let mut output = parts.output;
+        output.write(parts.input.as_slice());
+        parts.input.consume(usize::MAX);
         self.running.fetch_sub(1, Ordering::SeqCst);
         *self.inside.lock().expect("lock").entry(id).or_default() -= 1;
     }
@@ -158,6 +180,7 @@ impl WorkerHandler for Exclusivity {
 
 #[test]
 fn oneshot_one_thread_at_a_time_per_connection_while_connections_run_in_parallel() {
+    let _alone = oneshot_alone();
     let inside = Arc::new(Mutex::new(HashMap::new()));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let running = Arc::new(AtomicUsize::new(0));
@@ -179,12 +202,9 @@ fn oneshot_one_thread_at_a_time_per_connection_while_connections_run_in_parallel
             threads_per_conn: Arc::clone(&threads_per_conn),
         }
     };
-    let config = OneShotConfig {
-        threads: 4,
-        ..OneShotConfig::default()
-    };
+    let config = oneshot_config(4, Config::default());
     let server =
-        OneShotServer::start("127.0.0.1:0".parse().expect("addr"), config, handler).expect("start");
+        Server::start("127.0.0.1:0".parse().expect("addr"), config, handler).expect("start");
     let addr = server.local_addr();
     // Each client keeps sending while its previous messages are still being
     // handled, so new data arrives for a socket that a thread owns.
@@ -212,7 +232,7 @@ fn oneshot_one_thread_at_a_time_per_connection_while_connections_run_in_parallel
     for client in clients {
         client.join().expect("client");
     }
-    server.stopper()();
+    server.stopper().stop();
     let stats = server.join().expect("join");
     let contention: u64 = stats.iter().map(|s| s.oneshot_contention).sum();
     let rearms: u64 = stats.iter().map(|s| s.rearms).sum();
@@ -245,17 +265,23 @@ fn oneshot_one_thread_at_a_time_per_connection_while_connections_run_in_parallel
 /// Hands each line to a worker thread, which answers through the loop's handle.
 struct Delegate {
     jobs: mpsc::Sender<(LoopHandle<()>, ConnId, Vec<u8>)>,
+    handle: Option<LoopHandle<()>>,
 }
 
 impl Handler for Delegate {
     type State = ();
 
+    fn on_start(&mut self, handle: LoopHandle<()>) {
+        self.handle = Some(handle);
+    }
+
     fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
         while let Some(end) = conn.input().iter().position(|b| *b == b'\n') {
             let line = conn.input()[..=end].to_vec();
             conn.consume(end + 1);
-            let handle = conn.handle();
-            let _ = self.jobs.send((handle, conn.id(), line));
+            if let Some(handle) = self.handle.clone() {
+                let _ = self.jobs.send((handle, conn.id(), line));
+            }
         }
     }
 }
@@ -279,6 +305,7 @@ fn a_worker_thread_answers_through_the_handle() {
     let server = Server::start("127.0.0.1:0".parse().expect("addr"), config, move |_| {
         Delegate {
             jobs: jobs.lock().expect("lock").clone(),
+            handle: None,
         }
     })
     .expect("start");
@@ -534,13 +561,16 @@ fn thread_ticks(prefix: &str) -> u64 {
 
 #[test]
 fn oneshot_a_half_closed_peer_that_never_reads_does_not_spin_a_worker() {
-    let config = OneShotConfig {
-        threads: 1,
-        stop_timeout: Duration::from_millis(200),
-        ..OneShotConfig::default()
-    };
-    let server = OneShotServer::start("127.0.0.1:0".parse().expect("addr"), config, |_| Amplify)
-        .expect("start");
+    let _alone = oneshot_alone();
+    let config = oneshot_config(
+        1,
+        Config {
+            stop_timeout: Duration::from_millis(200),
+            ..Config::default()
+        },
+    );
+    let server =
+        Server::start("127.0.0.1:0".parse().expect("addr"), config, |_| Amplify).expect("start");
     let mut c = TcpStream::connect(server.local_addr()).expect("connect");
     // 6.4 MiB of replies the peer will never read, then its FIN.
     c.write_all(&[b'?'; 100]).expect("write");
@@ -553,7 +583,7 @@ fn oneshot_a_half_closed_peer_that_never_reads_does_not_spin_a_worker() {
         used < 20,
         "the worker is idle, not re-arming in a loop ({used} ticks in 1 s)"
     );
-    server.stopper()();
+    server.stopper().stop();
     server.join().expect("join");
     drop(c);
 }

@@ -120,7 +120,10 @@ pub fn raise_nofile_limit() {
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit for the call.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
     limit.rlim_cur = limit.rlim_max;
     // SAFETY: `limit` is a valid rlimit; raising the soft limit to the hard one is allowed.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);

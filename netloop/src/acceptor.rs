@@ -1,0 +1,86 @@
+//! The acceptor-and-loops mode (muduo's `EventLoopThreadPool`): one thread
+//! accepts and hands each connection to a loop through its mailbox.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::close_reason::CloseReason;
+use crate::config::Config;
+use crate::conn::Conn;
+use crate::error::Error;
+use crate::event_loop::EventLoop;
+use crate::handle::LoopHandle;
+use crate::handler::Handler;
+use crate::loop_thread::{Health, LoopThread, spawn_loop};
+use crate::server::Dispatch;
+
+/// The acceptor's handler: it never serves a connection itself.
+struct AcceptOnly;
+
+impl Handler for AcceptOnly {
+    type State = ();
+
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+        conn.abort(CloseReason::Closed);
+    }
+}
+
+/// Starts the acceptor thread on `addr`, handing connections to `targets`.
+pub(crate) fn spawn_acceptor<S: 'static>(
+    addr: SocketAddr,
+    loop_config: &Config,
+    dispatch: Dispatch,
+    targets: &[LoopHandle<S>],
+    health: Arc<Health>,
+) -> Result<(LoopHandle<()>, LoopThread, SocketAddr), Error> {
+    let mut distributor = Distributor::new(targets.to_vec(), dispatch);
+    let config = Config {
+        max_connections: 1,
+        ..loop_config.clone()
+    };
+    let build = move || {
+        let mut event_loop = EventLoop::new(config, AcceptOnly)?;
+        event_loop.handoff = Some(Box::new(move |fd, peer| distributor.hand_off(fd, peer)));
+        let bound = event_loop.listen(addr)?;
+        Ok((event_loop, Some(bound)))
+    };
+    let (thread, ready) = spawn_loop("netloop-acceptor".to_string(), health, build)?;
+    let (handle, bound) = ready?;
+    let bound =
+        bound.ok_or_else(|| Error::Io(std::io::Error::other("acceptor has no listener")))?;
+    Ok((handle, thread, bound))
+}
+
+/// Picks target loops for accepted connections.
+struct Distributor<S> {
+    targets: Vec<LoopHandle<S>>,
+    dispatch: Dispatch,
+    next: usize,
+}
+
+impl<S> Distributor<S> {
+    fn new(targets: Vec<LoopHandle<S>>, dispatch: Dispatch) -> Self {
+        Self {
+            targets,
+            dispatch,
+            next: 0,
+        }
+    }
+
+    fn hand_off(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
+        if self.targets.is_empty() {
+            return;
+        }
+        let index = match &self.dispatch {
+            Dispatch::RoundRobin => {
+                self.next = (self.next + 1) % self.targets.len();
+                self.next
+            }
+            Dispatch::Hash(hash) => hash(peer) % self.targets.len(),
+        };
+        if let Err(e) = self.targets[index].adopt_fd(fd, peer) {
+            tracing::warn!(error = %e, loop_index = index, "cannot hand off a connection");
+        }
+    }
+}
