@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use netloop::codec::frame::FrameConfig;
-use netloop::codec::http::HttpLimits;
-use netloop::codec::resp::RespLimits;
 use netloop::echo::Echo as EchoHandler;
 use netloop::oneshot::WorkerHandler;
-use netloop::servers::chat::{Chat, Rooms};
-use netloop::servers::http::Hello;
-use netloop::servers::kv::{Kv, Store};
 use netloop::{Handler, Stats};
+use netloop_servers::chat::{Chat, Rooms};
+use netloop_servers::codec::frame::FrameConfig;
+use netloop_servers::codec::http::HttpLimits;
+use netloop_servers::codec::resp::RespLimits;
+use netloop_servers::http::Hello;
+use netloop_servers::kv::{Kv, Store};
 
 use crate::load::{self, ChatFrames, Echo, HttpGet, LoadArgs, LoadReport, RespSetGet, Workload};
 use crate::serve::{self, ModeArg, PoolFull, ServeError, ServerArgs, TriggerArg};

@@ -1,8 +1,8 @@
 //! `netloop chat`: the framed chat server.
 
 use clap::Args;
-use netloop::codec::frame::FrameConfig;
-use netloop::servers::chat::{Chat, Rooms};
+use netloop_servers::chat::{Chat, Rooms};
+use netloop_servers::codec::frame::FrameConfig;
 
 use crate::serve::{ServeError, ServerArgs, serve};
 

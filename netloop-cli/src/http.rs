@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use netloop::codec::http::HttpLimits;
-use netloop::servers::http::Hello;
+use netloop_servers::codec::http::HttpLimits;
+use netloop_servers::http::Hello;
 
 use crate::serve::{ServeError, ServerArgs, serve};
 

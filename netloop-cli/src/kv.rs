@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use clap::Args as ClapArgs;
-use netloop::codec::resp::RespLimits;
-use netloop::servers::kv::{Kv, Store};
+use netloop_servers::codec::resp::RespLimits;
+use netloop_servers::kv::{Kv, Store};
 
 use crate::serve::{ServeError, ServerArgs, serve};
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use netloop::codec::push_u64;
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, TimerId};
+use netloop_servers::codec::push_u64;
 
 use crate::serve::ServeError;
 

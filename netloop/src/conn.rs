@@ -113,7 +113,7 @@ impl Output<'_> {
     }
 
     /// The queue as a `Vec` to append to, so an encoder can write replies
-    /// in place (the codecs in [`codec`](crate::codec) take `&mut Vec<u8>`).
+    /// in place (the codecs in `netloop_servers::codec` take `&mut Vec<u8>`).
     /// Append only: the bytes already in it are queued output.
     pub fn vec(&mut self) -> &mut Vec<u8> {
         self.buffer.as_vec(self.pool)

@@ -36,7 +36,6 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
-pub mod codec;
 mod conn;
 pub mod echo;
 mod error;
@@ -44,7 +43,6 @@ mod event_loop;
 pub mod oneshot;
 mod pool;
 pub mod server;
-pub mod servers;
 mod stats;
 pub mod sys;
 mod timer;

@@ -13,8 +13,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use netloop::{CloseReason, Conn, ConnId, Ctx, Handler, LoopHandle};
+
 use crate::codec::frame::{FrameConfig, FrameDecoder, FrameError};
-use crate::{CloseReason, Conn, ConnId, Ctx, Handler, LoopHandle};
 
 /// The members of one loop.
 type Members = Arc<Mutex<Vec<ConnId>>>;

@@ -9,13 +9,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::Buffer;
+use netloop::Buffer;
+use netloop::oneshot::{WorkerConn, WorkerHandler};
+use netloop::{CloseReason, Conn, Handler, TimerId};
+
 use crate::codec::http::{
     BodyKind, ChunkedDecoder, ConnectionHeader, DateCache, HttpError, HttpLimits, Method,
     parse_request, write_response,
 };
-use crate::oneshot::{WorkerConn, WorkerHandler};
-use crate::{CloseReason, Conn, Handler, TimerId};
 
 const BODY: &[u8] = b"Hello, World!";
 

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netloop::codec::frame::FrameConfig;
-use netloop::codec::http::HttpLimits;
-use netloop::codec::resp::RespLimits;
-use netloop::servers::chat::{Chat, Rooms};
-use netloop::servers::http::Hello;
-use netloop::servers::kv::{Kv, Store};
 use netloop::{CloseReason, Config};
+use netloop_servers::chat::{Chat, Rooms};
+use netloop_servers::codec::frame::FrameConfig;
+use netloop_servers::codec::http::HttpLimits;
+use netloop_servers::codec::resp::RespLimits;
+use netloop_servers::http::{Hello, HttpConn};
+use netloop_servers::kv::{Kv, Store};
 use support::Running;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -55,7 +55,7 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
 
 // ---------------------------------------------------------------- HTTP
 
-fn http_server(config: Config) -> Running<netloop::servers::http::HttpConn> {
+fn http_server(config: Config) -> Running<HttpConn> {
     let limits = HttpLimits {
         max_header_bytes: 1024,
         max_body: 4096,
@@ -134,11 +134,7 @@ fn http_request_bodies_are_skipped_without_misframing_the_next_request() {
     server.finish();
 }
 
-fn expect_refusal(
-    server: &Running<netloop::servers::http::HttpConn>,
-    request: &[u8],
-    status: &str,
-) {
+fn expect_refusal(server: &Running<HttpConn>, request: &[u8], status: &str) {
     let mut c = client(server.addr);
     c.write_all(request).expect("write");
     let got = read_to_close(&mut c);

@@ -12,10 +12,11 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::Buffer;
+use netloop::Buffer;
+use netloop::oneshot::{WorkerConn, WorkerHandler};
+use netloop::{CloseReason, Conn, Handler};
+
 use crate::codec::resp::{self, ArgBuf, RespLimits, parse_command_into};
-use crate::oneshot::{WorkerConn, WorkerHandler};
-use crate::{CloseReason, Conn, Handler};
 
 const SHARDS: usize = 64;
 
