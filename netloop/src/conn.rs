@@ -7,8 +7,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::buffer::{Buffer, BufferPool};
+use crate::close_reason::CloseReason;
 use crate::event_loop::Ctx;
-use crate::stats::CloseReason;
 use crate::sys::socket;
 use crate::timer::TimerId;
 use crate::token::ConnId;

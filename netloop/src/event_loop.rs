@@ -11,10 +11,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::buffer::BufferPool;
+use crate::close_reason::CloseReason;
 use crate::conn::{Conn, Connection};
 use crate::error::Error;
 use crate::pool::Pool;
-use crate::stats::{CloseReason, Stats};
+use crate::stats::Stats;
 use crate::sys::epoll::{
     EDGE, ERROR, EXCLUSIVE, Epoll, Event, Events, HUP, READ_HUP, READABLE, WRITABLE,
 };

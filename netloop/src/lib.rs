@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+mod close_reason;
 mod conn;
 pub mod echo;
 mod error;
@@ -50,10 +51,11 @@ mod token;
 mod waker;
 
 pub use buffer::Buffer;
+pub use close_reason::CloseReason;
 pub use conn::{Conn, ConnParts, Output};
 pub use error::Error;
 pub use event_loop::{Config, Ctx, EventLoop, Handler, PoolFullPolicy, Trigger, rdhup_supported};
-pub use stats::{CloseReason, Stats};
+pub use stats::Stats;
 pub use sys::epoll::Event;
 pub use timer::TimerId;
 pub use token::ConnId;

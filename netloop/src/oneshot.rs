@@ -22,8 +22,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Buffer, BufferPool};
+use crate::close_reason::CloseReason;
 use crate::error::Error;
-use crate::stats::{CloseReason, Stats};
+use crate::stats::Stats;
 use crate::sys::epoll::{EDGE, ERROR, Epoll, Events, HUP, ONESHOT, READ_HUP, READABLE, WRITABLE};
 use crate::sys::eventfd::EventFd;
 use crate::sys::socket::{self, ListenOptions};
