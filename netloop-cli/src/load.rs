@@ -417,7 +417,7 @@ impl<W: Workload> Handler for Client<W> {
         let now = conn.now();
         let Some(completed) = self.check(conn, now) else {
             self.report.errors += 1;
-            conn.abort(CloseReason::ProtocolError);
+            conn.abort(CloseReason::Protocol("bad_response"));
             return;
         };
         self.report.messages += completed;

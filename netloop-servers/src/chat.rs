@@ -4,7 +4,8 @@
 //! A frame is a 4-byte magic, a big-endian length and the payload. Frames
 //! are decoded however they arrive, merged or split (粘包拆包); each is
 //! relayed, in order, to every connected client, the sender included. A bad
-//! magic or an oversized length closes that client with a reason naming it;
+//! magic or an oversized length closes that client with a reason naming it
+//! (`CloseReason::Protocol("bad_magic")`, `Protocol("frame_too_large")`);
 //! a client that stops reading is cut off once its queued output passes
 //! `--max-output`, so it cannot stall the others or grow memory.
 //!
@@ -125,8 +126,10 @@ impl Handler for Chat {
                         .extend_from_slice(&conn.input()[..frame.consumed()]);
                     (frame.consumed(), None)
                 }
-                Err(FrameError::BadMagic { .. }) => (0, Some(CloseReason::BadMagic)),
-                Err(FrameError::TooLarge { .. }) => (0, Some(CloseReason::FrameTooLarge)),
+                Err(FrameError::BadMagic { .. }) => (0, Some(CloseReason::Protocol("bad_magic"))),
+                Err(FrameError::TooLarge { .. }) => {
+                    (0, Some(CloseReason::Protocol("frame_too_large")))
+                }
             };
             if let Some(reason) = error {
                 tracing::debug!(id = %conn.id(), %reason, "bad frame");

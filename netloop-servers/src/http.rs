@@ -5,7 +5,8 @@
 //! HEAD without a body, request bodies (`Content-Length` or chunked) read
 //! and discarded so the next pipelined request is framed right, pipelined
 //! requests answered in order with every response of a turn in one write,
-//! and bad input answered (400, 413, 431, 501) and then closed.
+//! and bad input answered (400, 413, 431, 501) and then closed
+//! (`CloseReason::Protocol("http_bad_request")`).
 
 use std::time::{Duration, SystemTime};
 
@@ -155,7 +156,7 @@ fn refuse(output: &mut Vec<u8>, date: &[u8], error: &HttpError) -> Option<CloseR
         ConnectionHeader::Close,
         false,
     );
-    Some(CloseReason::ProtocolError)
+    Some(CloseReason::Protocol("http_bad_request"))
 }
 
 impl Handler for Hello {

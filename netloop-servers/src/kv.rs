@@ -3,7 +3,8 @@
 //!
 //! Inline and multibulk requests, pipelining (every reply of a turn in one
 //! write), Redis' error texts, and a protocol error answered with
-//! `-ERR Protocol error: …` before the connection is closed, as Redis does.
+//! `-ERR Protocol error: …` before the connection is closed, as Redis does
+//! (`CloseReason::Protocol("resp_protocol_error")`).
 //! The store is shared by all loops, in shards behind mutexes; with one
 //! thread the mutexes are never contended.
 
@@ -136,7 +137,7 @@ impl Kv {
                 }
                 Err(e) => {
                     resp::protocol_error(out, &e);
-                    return Some(CloseReason::ProtocolError);
+                    return Some(CloseReason::Protocol("resp_protocol_error"));
                 }
             }
         }

@@ -29,6 +29,11 @@
 //! event_loop.run()?;
 //! # Ok::<(), netloop::Error>(())
 //! ```
+//!
+//! A server that closes a connection for bad input says why with
+//! [`CloseReason::Protocol`](netloop::CloseReason::Protocol) and a name:
+//! `bad_magic` and `frame_too_large` (chat), `http_bad_request` (http),
+//! `resp_protocol_error` (kv).
 
 #![warn(missing_docs)]
 

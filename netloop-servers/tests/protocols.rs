@@ -5,12 +5,12 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netloop::{CloseReason, Config};
+use netloop::{CloseReason, Config, Conn, ConnId, Ctx, Handler, TimerId};
 use netloop_servers::chat::{Chat, Rooms};
 use netloop_servers::codec::frame::FrameConfig;
 use netloop_servers::codec::http::HttpLimits;
@@ -178,7 +178,10 @@ fn http_bad_input_is_answered_then_closed() {
     c.write_all(GET).expect("write");
     read_until(&mut c, |g| g.ends_with(b"Hello, World!"));
     let stats = server.finish();
-    assert_eq!(stats.closed_for(CloseReason::ProtocolError), 7);
+    assert_eq!(
+        stats.closed_for(CloseReason::Protocol("http_bad_request")),
+        7
+    );
 }
 
 #[test]
@@ -372,7 +375,10 @@ fn resp_protocol_errors_reply_then_close_and_limits_come_before_allocation() {
     exchange(&mut c, b"QUIT\r\n", b"+OK\r\n");
     assert!(read_to_close(&mut c).is_empty(), "QUIT closes");
     let stats = server.finish();
-    assert_eq!(stats.closed_for(CloseReason::ProtocolError), 5);
+    assert_eq!(
+        stats.closed_for(CloseReason::Protocol("resp_protocol_error")),
+        5
+    );
 }
 
 // ---------------------------------------------------------------- chat
@@ -384,15 +390,47 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn chat_server(max_output: usize) -> Running<()> {
+fn chat(max_output: usize) -> Chat {
     let frames = FrameConfig {
         max_payload: 64 * 1024,
         ..FrameConfig::default()
     };
-    Running::start(
-        Config::default(),
-        Chat::new(frames, max_output, Rooms::default()),
-    )
+    Chat::new(frames, max_output, Rooms::default())
+}
+
+fn chat_server(max_output: usize) -> Running<()> {
+    Running::start(Config::default(), chat(max_output))
+}
+
+/// A chat handler that also records the reason of every close.
+struct RecordedChat {
+    chat: Chat,
+    closes: Arc<Mutex<Vec<CloseReason>>>,
+}
+
+impl Handler for RecordedChat {
+    type State = ();
+
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        self.chat.on_open(conn);
+    }
+
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+        self.chat.on_data(conn);
+    }
+
+    fn on_eof(&mut self, conn: &mut Conn<'_, ()>) {
+        self.chat.on_eof(conn);
+    }
+
+    fn on_timer(&mut self, conn: &mut Conn<'_, ()>, timer: TimerId, data: u64) {
+        self.chat.on_timer(conn, timer, data);
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_, ()>, id: ConnId, state: (), reason: CloseReason) {
+        self.closes.lock().expect("closes").push(reason);
+        self.chat.on_close(ctx, id, state, reason);
+    }
 }
 
 /// Connects `n` clients and waits until the server has them all.
@@ -427,7 +465,14 @@ fn chat_relays_every_frame_in_order_to_everyone_however_it_is_split() {
 
 #[test]
 fn chat_bad_magic_and_oversized_frames_close_only_their_sender() {
-    let server = chat_server(1 << 20);
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let server = Running::start(
+        Config::default(),
+        RecordedChat {
+            chat: chat(1 << 20),
+            closes: Arc::clone(&closes),
+        },
+    );
     let mut clients = members(&server, 3);
     clients[0].write_all(b"XXXX\0\0\0\x01a").expect("write");
     assert!(read_to_close(&mut clients[0]).is_empty());
@@ -441,8 +486,25 @@ fn chat_bad_magic_and_oversized_frames_close_only_their_sender() {
         frame(b"still here")
     );
     let stats = server.finish();
-    assert_eq!(stats.closed_for(CloseReason::BadMagic), 1);
-    assert_eq!(stats.closed_for(CloseReason::FrameTooLarge), 1);
+    let protocol_errors: Vec<CloseReason> = closes
+        .lock()
+        .expect("closes")
+        .iter()
+        .copied()
+        .filter(|reason| matches!(reason, CloseReason::Protocol(_)))
+        .collect();
+    assert_eq!(
+        protocol_errors,
+        [
+            CloseReason::Protocol("bad_magic"),
+            CloseReason::Protocol("frame_too_large")
+        ]
+    );
+    assert_eq!(
+        stats.closed_for(CloseReason::Protocol("bad_magic")),
+        2,
+        "one counter for every protocol error"
+    );
 }
 
 /// A sender that waits for its readers to keep up.
