@@ -75,7 +75,7 @@ struct Row {
 
 /// Runs the benchmark and prints its table; fails on any verification error.
 pub fn run(args: BenchArgs) -> Result<(), ServeError> {
-    let _ = netloop::sys::rlimit::raise_nofile_limit();
+    let _ = crate::sys::rlimit::raise_nofile_limit();
     println!(
         "netloop bench: {} server thread(s), mode {:?}, {} connections from {} client thread(s), {} s per run",
         args.threads, args.mode, args.conns, args.client_threads, args.duration
@@ -238,7 +238,7 @@ fn server_cpu_ticks() -> u64 {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    netloop::sys::clock_ticks_per_second() as f64
+    crate::sys::clock_ticks_per_second() as f64
 }
 
 fn print_header() {

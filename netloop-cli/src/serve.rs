@@ -9,9 +9,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerHandler};
 use netloop::server::{Dispatch, Mode, Server, ServerConfig};
-use netloop::sys::rlimit;
-use netloop::sys::signal::{SIGINT, SIGTERM, SignalFd};
 use netloop::{Config, Handler, PoolFullPolicy, Stats, Trigger};
+
+use crate::sys::rlimit;
+use crate::sys::signal::{SIGINT, SIGTERM, SignalFd};
 
 /// Errors a server subcommand reports before exiting non-zero.
 #[derive(Debug, thiserror::Error)]

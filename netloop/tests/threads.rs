@@ -16,7 +16,7 @@ use netloop::echo::Echo;
 use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerConn, WorkerHandler};
 use netloop::server::{Dispatch, Mode, Server, ServerConfig};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
-use support::{Amplify, Rng, connect, echo_clients, payloads, read_exact};
+use support::{Amplify, Rng, connect, echo_clients, payloads, raise_nofile_limit, read_exact};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -38,7 +38,7 @@ fn thousand_clients(addr: SocketAddr, seed: u64) -> (usize, usize) {
 }
 
 fn loop_mode_echoes_every_byte(mode: Mode, threads: usize) {
-    netloop::sys::rlimit::raise_nofile_limit().expect("rlimit");
+    raise_nofile_limit();
     let config = ServerConfig {
         threads,
         mode,
@@ -60,7 +60,7 @@ fn loop_mode_echoes_every_byte(mode: Mode, threads: usize) {
 }
 
 fn oneshot_echoes_every_byte(threads: usize) {
-    netloop::sys::rlimit::raise_nofile_limit().expect("rlimit");
+    raise_nofile_limit();
     let config = OneShotConfig {
         threads,
         ..OneShotConfig::default()

@@ -4,8 +4,6 @@
 
 pub mod epoll;
 pub mod eventfd;
-pub mod rlimit;
-pub mod signal;
 pub mod socket;
 
 use std::io;
@@ -26,12 +24,4 @@ pub(crate) fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
     } else {
         Ok(ret as usize)
     }
-}
-
-/// The kernel's clock tick rate (`sysconf(_SC_CLK_TCK)`, USER_HZ): the unit
-/// of the CPU times in `/proc/<pid>/stat`.
-pub fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf takes an integer name and touches no memory of ours.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use netloop::sys::epoll::{EDGE, Epoll, Events, READ_HUP, READABLE, WRITABLE};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// What a [`Recorder`] saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +139,17 @@ pub fn turn_for<H: Handler>(event_loop: &mut EventLoop<H>, period: Duration) {
             .turn(Some(Duration::from_millis(5)))
             .expect("turn");
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, so that a test can
+/// hold a thousand connections open at both ends; panics if it cannot.
+pub fn raise_nofile_limit() {
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    setrlimit(Resource::Nofile, raised).expect("raise RLIMIT_NOFILE");
 }
 
 /// Connects a blocking client with a read timeout.
