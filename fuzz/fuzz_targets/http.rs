@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| netloop::codec::http::fuzz_decode(data));
+fuzz_target!(|data: &[u8]| netloop_servers::codec::http::fuzz_decode(data));

@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use netloop::codec::frame::FrameConfig;
-use netloop::codec::http::HttpLimits;
-use netloop::codec::resp::RespLimits;
 use netloop::echo::Echo as EchoHandler;
-use netloop::oneshot::WorkerHandler;
-use netloop::servers::chat::{Chat, Rooms};
-use netloop::servers::http::Hello;
-use netloop::servers::kv::{Kv, Store};
 use netloop::{Handler, Stats};
+use netloop_servers::chat::{Chat, Rooms};
+use netloop_servers::codec::frame::FrameConfig;
+use netloop_servers::codec::http::HttpLimits;
+use netloop_servers::codec::resp::RespLimits;
+use netloop_servers::http::Hello;
+use netloop_servers::kv::{Kv, Store};
 
 use crate::load::{self, ChatFrames, Echo, HttpGet, LoadArgs, LoadReport, RespSetGet, Workload};
 use crate::serve::{self, ModeArg, PoolFull, ServeError, ServerArgs, TriggerArg};
@@ -75,7 +74,7 @@ struct Row {
 
 /// Runs the benchmark and prints its table; fails on any verification error.
 pub fn run(args: BenchArgs) -> Result<(), ServeError> {
-    let _ = netloop::sys::rlimit::raise_nofile_limit();
+    let _ = crate::sys::rlimit::raise_nofile_limit();
     println!(
         "netloop bench: {} server thread(s), mode {:?}, {} connections from {} client thread(s), {} s per run",
         args.threads, args.mode, args.conns, args.client_threads, args.duration
@@ -122,27 +121,17 @@ fn run_one(args: &BenchArgs, kind: Kind, depth: usize) -> Result<Row, ServeError
             load,
             Echo::new(args.size),
             |_| EchoHandler,
-            Some(|_| EchoHandler),
         ),
-        Kind::Http => measure(
+        Kind::Http => measure(args, "http hello".into(), load, HttpGet, move |_| {
+            Hello::new(http_limits, timeout)
+        }),
+        Kind::Resp => measure(
             args,
-            "http hello".into(),
+            "resp set/get".into(),
             load,
-            HttpGet,
-            move |_| Hello::new(http_limits, timeout),
-            Some(move |_| Hello::new(http_limits, timeout)),
+            RespSetGet::default(),
+            move |_| Kv::new(Arc::clone(&store), resp_limits),
         ),
-        Kind::Resp => {
-            let for_workers = Arc::clone(&store);
-            measure(
-                args,
-                "resp set/get".into(),
-                load,
-                RespSetGet::default(),
-                move |_| Kv::new(Arc::clone(&store), resp_limits),
-                Some(move |_| Kv::new(Arc::clone(&for_workers), resp_limits)),
-            )
-        }
         Kind::Chat => {
             let rooms = Rooms::default();
             let frames = FrameConfig::default();
@@ -152,7 +141,6 @@ fn run_one(args: &BenchArgs, kind: Kind, depth: usize) -> Result<Row, ServeError
                 load,
                 ChatFrames::new(args.size, args.conns),
                 move |_| Chat::new(frames.clone(), 64 << 20, rooms.clone()),
-                None::<fn(usize) -> EchoHandler>,
             )
         }
     }
@@ -175,25 +163,21 @@ fn server_args(args: &BenchArgs) -> ServerArgs {
     }
 }
 
-fn measure<H, F, W, G, L>(
+fn measure<H, F, L>(
     args: &BenchArgs,
     label: String,
     mut load: LoadArgs,
     workload: L,
     make_handler: F,
-    make_worker: Option<G>,
 ) -> Result<Row, ServeError>
 where
     H: Handler + 'static,
-    H::State: 'static,
+    H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
-    W: WorkerHandler + 'static,
-    W::State: 'static,
-    G: Fn(usize) -> W + Send + Sync + 'static,
     L: Workload + Clone,
 {
     let depth = load.depth;
-    let server = serve::start(&server_args(args), make_handler, make_worker)?;
+    let server = serve::start(&server_args(args), make_handler)?;
     load.target = server.addr;
     let before = server_cpu_ticks();
     let report = load::run_load(&load, workload)?;
@@ -238,7 +222,7 @@ fn server_cpu_ticks() -> u64 {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    netloop::sys::clock_ticks_per_second() as f64
+    crate::sys::clock_ticks_per_second() as f64
 }
 
 fn print_header() {

@@ -1,10 +1,10 @@
 //! `netloop chat`: the framed chat server.
 
 use clap::Args;
-use netloop::codec::frame::FrameConfig;
-use netloop::servers::chat::{Chat, Rooms};
+use netloop_servers::chat::{Chat, Rooms};
+use netloop_servers::codec::frame::FrameConfig;
 
-use crate::serve::{ServeError, ServerArgs, serve};
+use crate::serve::{ModeArg, ServeError, ServerArgs, serve};
 
 /// Options of `netloop chat`.
 #[derive(Args, Debug)]
@@ -35,11 +35,16 @@ pub fn run(args: ChatArgs) -> Result<(), ServeError> {
         max_payload: args.max_frame,
         ..FrameConfig::default()
     };
+    if args.server.mode == ModeArg::Oneshot {
+        // A one-shot worker cannot write to a client another worker is
+        // serving at that moment, and a relay must reach every client.
+        return Err(ServeError::Usage(
+            "chat relays every frame to every client; --mode oneshot serves each connection on its own: use reuseport or acceptor".into(),
+        ));
+    }
     let rooms = Rooms::default();
     let max_output = args.max_output;
-    serve(
-        &args.server,
-        move |_| Chat::new(frames.clone(), max_output, rooms.clone()),
-        None::<fn(usize) -> netloop::echo::Echo>,
-    )
+    serve(&args.server, move |_| {
+        Chat::new(frames.clone(), max_output, rooms.clone())
+    })
 }

@@ -14,5 +14,5 @@ pub struct EchoArgs {
 
 /// Runs the echo server until SIGINT or SIGTERM.
 pub fn run(args: EchoArgs) -> Result<(), ServeError> {
-    serve(&args.server, |_| Echo, Some(|_| Echo))
+    serve(&args.server, |_| Echo)
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use netloop::codec::http::HttpLimits;
-use netloop::servers::http::Hello;
+use netloop_servers::codec::http::HttpLimits;
+use netloop_servers::http::Hello;
 
 use crate::serve::{ServeError, ServerArgs, serve};
 
@@ -34,9 +34,5 @@ pub fn run(mut args: HttpArgs) -> Result<(), ServeError> {
         ..HttpLimits::default()
     };
     let header_timeout = Duration::from_secs_f64(args.header_timeout.max(0.001));
-    serve(
-        &args.server,
-        move |_| Hello::new(limits, header_timeout),
-        Some(move |_| Hello::new(limits, header_timeout)),
-    )
+    serve(&args.server, move |_| Hello::new(limits, header_timeout))
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use clap::Args as ClapArgs;
-use netloop::codec::resp::RespLimits;
-use netloop::servers::kv::{Kv, Store};
+use netloop_servers::codec::resp::RespLimits;
+use netloop_servers::kv::{Kv, Store};
 
 use crate::serve::{ServeError, ServerArgs, serve};
 
@@ -31,10 +31,5 @@ pub fn run(mut args: KvArgs) -> Result<(), ServeError> {
     // A request may legitimately be as large as the largest bulk allows.
     args.server.max_input = Some(limits.max_bulk_len.saturating_add(64 * 1024));
     let store = Arc::new(Store::new());
-    let for_workers = Arc::clone(&store);
-    serve(
-        &args.server,
-        move |_| Kv::new(Arc::clone(&store), limits),
-        Some(move |_| Kv::new(Arc::clone(&for_workers), limits)),
-    )
+    serve(&args.server, move |_| Kv::new(Arc::clone(&store), limits))
 }

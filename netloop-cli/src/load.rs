@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use netloop::codec::push_u64;
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, TimerId};
+use netloop_servers::codec::push_u64;
 
 use crate::serve::ServeError;
 
@@ -281,7 +281,7 @@ fn drive<W: Workload>(
     let started = Instant::now();
     let mut event_loop = EventLoop::new(config, Client::new(&plan, workload))?;
     for _ in 0..plan.conns {
-        event_loop.connect(plan.target)?;
+        event_loop.connect(plan.target, ClientConn::default())?;
     }
     let mut reported = 0;
     while Instant::now() < end && event_loop.connection_count() > 0 {
@@ -417,7 +417,7 @@ impl<W: Workload> Handler for Client<W> {
         let now = conn.now();
         let Some(completed) = self.check(conn, now) else {
             self.report.errors += 1;
-            conn.abort(CloseReason::ProtocolError);
+            conn.abort(CloseReason::Protocol("bad_response"));
             return;
         };
         self.report.messages += completed;

@@ -7,6 +7,7 @@ mod http;
 mod kv;
 mod load;
 mod serve;
+mod sys;
 
 use clap::{Parser, Subcommand};
 

@@ -7,11 +7,11 @@ use std::thread;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use netloop::oneshot::{OneShotConfig, OneShotServer, WorkerHandler};
 use netloop::server::{Dispatch, Mode, Server, ServerConfig};
-use netloop::sys::rlimit;
-use netloop::sys::signal::{SIGINT, SIGTERM, SignalFd};
 use netloop::{Config, Handler, PoolFullPolicy, Stats, Trigger};
+
+use crate::sys::rlimit;
+use crate::sys::signal::{SIGINT, SIGTERM, SignalFd};
 
 /// Errors a server subcommand reports before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -142,78 +142,69 @@ pub struct Running {
     pub join: Box<dyn FnOnce() -> Result<Vec<Stats>, netloop::Error>>,
 }
 
-/// Starts a server in the mode `args` picks. `make_handler(loop_index)`
-/// builds each loop's handler; `make_worker`, when the protocol has one,
-/// each one-shot worker's.
-pub fn start<H, F, W, G>(
-    args: &ServerArgs,
-    make_handler: F,
-    make_worker: Option<G>,
-) -> Result<Running, ServeError>
+impl ServerArgs {
+    /// The threading mode these options pick.
+    pub fn mode(&self) -> Mode {
+        match (self.mode, self.exclusive) {
+            (ModeArg::Acceptor, _) => Mode::Acceptor,
+            (ModeArg::Oneshot, _) => Mode::OneShot,
+            (ModeArg::Reuseport, true) => Mode::Exclusive,
+            (ModeArg::Reuseport, false) => Mode::ReusePort,
+        }
+    }
+
+    /// Refuses options the chosen mode cannot honour, instead of ignoring them.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if self.exclusive && self.mode != ModeArg::Reuseport {
+            return Err(ServeError::Usage(
+                "--exclusive shares one listener among reuseport loops; it does not apply to --mode acceptor or oneshot".into(),
+            ));
+        }
+        if self.mode == ModeArg::Oneshot && matches!(self.trigger, TriggerArg::Level) {
+            return Err(ServeError::Usage(
+                "--mode oneshot arms every socket EPOLLET|EPOLLONESHOT; --trigger level does not apply to it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server configuration these options describe.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            threads: self.threads(),
+            mode: self.mode(),
+            dispatch: Dispatch::RoundRobin,
+            loop_config: self.config(),
+        }
+    }
+}
+
+/// Starts a server in the mode `args` picks; `make_handler(loop_index)`
+/// builds each loop's (or one-shot worker's) handler.
+pub fn start<H, F>(args: &ServerArgs, make_handler: F) -> Result<Running, ServeError>
 where
     H: Handler + 'static,
-    H::State: 'static,
+    H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
-    W: WorkerHandler + 'static,
-    W::State: 'static,
-    G: Fn(usize) -> W + Send + Sync + 'static,
 {
-    Ok(match args.mode {
-        ModeArg::Oneshot => {
-            let make_worker = make_worker
-                .ok_or_else(|| ServeError::Usage("this server has no one-shot mode".into()))?;
-            let config = OneShotConfig {
-                threads: args.threads(),
-                max_connections: args.max_connections,
-                high_water: args.high_water,
-                stop_timeout: Duration::from_secs_f64(args.stop_timeout.max(0.0)),
-                ..OneShotConfig::default()
-            };
-            let server = OneShotServer::start(args.addr, config, make_worker)?;
-            let stop = server.stopper();
-            Running {
-                addr: server.local_addr(),
-                stop: Box::new(move || stop()),
-                join: Box::new(move || server.join()),
-            }
-        }
-        _ => {
-            let config = ServerConfig {
-                threads: args.threads(),
-                mode: match (args.mode, args.exclusive) {
-                    (ModeArg::Acceptor, _) => Mode::Acceptor,
-                    (_, true) => Mode::Exclusive,
-                    _ => Mode::ReusePort,
-                },
-                dispatch: Dispatch::RoundRobin,
-                loop_config: args.config(),
-            };
-            let server = Server::start(args.addr, config, make_handler)?;
-            let stopper = server.stopper();
-            Running {
-                addr: server.local_addr(),
-                stop: Box::new(move || stopper.stop()),
-                join: Box::new(move || server.join()),
-            }
-        }
+    args.check()?;
+    let server = Server::start(args.addr, args.server_config(), make_handler)?;
+    let stopper = server.stopper();
+    Ok(Running {
+        addr: server.local_addr(),
+        stop: Box::new(move || stopper.stop()),
+        join: Box::new(move || server.join()),
     })
 }
 
 /// Runs a server in the mode `args` picks until SIGINT or SIGTERM, then
 /// stops it gracefully. `make_handler(loop_index)` builds each loop's handler;
 /// `make_worker`, when the protocol has one, each one-shot worker's.
-pub fn serve<H, F, W, G>(
-    args: &ServerArgs,
-    make_handler: F,
-    make_worker: Option<G>,
-) -> Result<(), ServeError>
+pub fn serve<H, F>(args: &ServerArgs, make_handler: F) -> Result<(), ServeError>
 where
     H: Handler + 'static,
-    H::State: 'static,
+    H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
-    W: WorkerHandler + 'static,
-    W::State: 'static,
-    G: Fn(usize) -> W + Send + Sync + 'static,
 {
     match rlimit::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(soft = limit.soft, hard = limit.hard, "RLIMIT_NOFILE"),
@@ -222,7 +213,7 @@ where
     // Blocked before any thread starts, so every thread inherits the mask and
     // the signals arrive only through the signalfd.
     let signals = SignalFd::block(&[SIGINT, SIGTERM])?;
-    let running = start(args, make_handler, make_worker)?;
+    let running = start(args, make_handler)?;
     announce(running.addr)?;
     let stop = running.stop;
     thread::Builder::new()

@@ -9,7 +9,8 @@ pub struct Stats {
     pub accepted: u64,
     /// Outbound connections that completed their connect.
     pub connected: u64,
-    /// Connections closed, indexed like [`CloseReason::ALL`].
+    /// Connections closed, indexed like [`CloseReason::ALL`]; every
+    /// [`CloseReason::Protocol`] reason in the one `protocol_error` slot.
     pub closed: [u64; CloseReason::ALL.len()],
     /// Events dropped whole because their token's generation was stale on
     /// arrival: the connection closed earlier in the batch, or before it.
@@ -49,6 +50,11 @@ pub struct Stats {
 
 impl Stats {
     /// How many connections closed for `reason`.
+    ///
+    /// Protocol errors share one counter: `closed_for(CloseReason::Protocol(_))`
+    /// returns the connections closed for any protocol error, whatever the
+    /// name it carries. To tell them apart, look at the reason in
+    /// [`Handler::on_close`](crate::Handler::on_close).
     pub fn closed_for(&self, reason: CloseReason) -> u64 {
         self.closed[reason.counter()]
     }
@@ -100,5 +106,16 @@ mod tests {
         for (n, reason) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(stats.closed_for(*reason), n as u64 + 1, "{reason}");
         }
+    }
+
+    #[test]
+    fn protocol_errors_share_one_counter() {
+        let mut stats = Stats::default();
+        stats.count_close(CloseReason::Protocol("bad_magic"));
+        stats.count_close(CloseReason::Protocol("frame_too_large"));
+        stats.count_close(CloseReason::Closed);
+        assert_eq!(stats.closed_for(CloseReason::Protocol("bad_magic")), 2);
+        assert_eq!(stats.closed_for(CloseReason::Protocol("protocol_error")), 2);
+        assert_eq!(stats.closed_total(), 3);
     }
 }

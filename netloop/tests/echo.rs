@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use netloop::echo::Echo;
 use netloop::{CloseReason, Config, Conn, EventLoop, Handler, PoolFullPolicy, Trigger};
 use support::{
-    Amplify, Rng, Running, connect, echo_clients, payloads, read_exact, turn_for, turn_until,
+    Amplify, Rng, Running, connect, echo_clients, payloads, raise_nofile_limit, read_exact,
+    turn_for, turn_until,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -36,13 +37,9 @@ fn run_clients(addr: SocketAddr, all: Vec<Vec<u8>>, threads: usize) -> usize {
     workers.into_iter().map(|w| w.join().expect("client")).sum()
 }
 
-fn raise_fd_limit() {
-    support::raise_nofile_limit();
-}
-
 #[test]
 fn echo_1000_concurrent_connections_random_sizes_up_to_1_mib_every_byte_checked() {
-    raise_fd_limit();
+    raise_nofile_limit();
     let server = echo_server(Config::default());
     let all = payloads(1000, MIB, 0x5eed);
     let expected: usize = all.iter().map(Vec::len).sum();
@@ -64,7 +61,7 @@ fn echo_1000_concurrent_connections_random_sizes_up_to_1_mib_every_byte_checked(
 
 #[test]
 fn echo_level_triggered_every_byte_checked() {
-    raise_fd_limit();
+    raise_nofile_limit();
     let config = Config {
         trigger: Trigger::Level,
         ..Config::default()

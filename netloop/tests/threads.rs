@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use netloop::echo::Echo;
 use netloop::server::{Dispatch, Mode, Server, ServerConfig};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
-use support::{Amplify, Rng, connect, echo_clients, payloads, read_exact};
+use support::{Amplify, Rng, connect, echo_clients, payloads, raise_nofile_limit, read_exact};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -37,7 +37,7 @@ fn thousand_clients(addr: SocketAddr, seed: u64) -> (usize, usize) {
 }
 
 fn loop_mode_echoes_every_byte(mode: Mode, threads: usize) {
-    support::raise_nofile_limit();
+    raise_nofile_limit();
     let config = ServerConfig {
         threads,
         mode,
@@ -60,7 +60,7 @@ fn loop_mode_echoes_every_byte(mode: Mode, threads: usize) {
 
 fn oneshot_echoes_every_byte(threads: usize) {
     let _alone = oneshot_alone();
-    support::raise_nofile_limit();
+    raise_nofile_limit();
     let server = Server::start(
         "127.0.0.1:0".parse().expect("addr"),
         oneshot_config(threads, Config::default()),

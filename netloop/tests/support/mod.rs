@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use netloop::testing::{EDGE, Epoll, Events, READ_HUP, READABLE, WRITABLE};
 use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, LoopHandle, Stats};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// What a [`Recorder`] saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,23 +113,6 @@ impl Handler for Recorder {
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit, for tests that open
-/// thousands of sockets.
-pub fn raise_nofile_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit for the call.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: `limit` is a valid rlimit; raising the soft limit to the hard one is allowed.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-}
-
 /// Runs turns until `done` holds or `limit` passes; panics on timeout.
 pub fn turn_until<H: Handler>(
     event_loop: &mut EventLoop<H>,
@@ -155,6 +139,17 @@ pub fn turn_for<H: Handler>(event_loop: &mut EventLoop<H>, period: Duration) {
             .turn(Some(Duration::from_millis(5)))
             .expect("turn");
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, so that a test can
+/// hold a thousand connections open at both ends; panics if it cannot.
+pub fn raise_nofile_limit() {
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    setrlimit(Resource::Nofile, raised).expect("raise RLIMIT_NOFILE");
 }
 
 /// Connects a blocking client with a read timeout.

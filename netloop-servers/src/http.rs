@@ -5,17 +5,18 @@
 //! HEAD without a body, request bodies (`Content-Length` or chunked) read
 //! and discarded so the next pipelined request is framed right, pipelined
 //! requests answered in order with every response of a turn in one write,
-//! and bad input answered (400, 413, 431, 501) and then closed.
+//! and bad input answered (400, 413, 431, 501) and then closed
+//! (`CloseReason::Protocol("http_bad_request")`).
 
 use std::time::{Duration, SystemTime};
 
-use crate::Buffer;
+use netloop::Buffer;
+use netloop::{CloseReason, Conn, Handler, TimerId};
+
 use crate::codec::http::{
     BodyKind, ChunkedDecoder, ConnectionHeader, DateCache, HttpError, HttpLimits, Method,
     parse_request, write_response,
 };
-use crate::oneshot::{WorkerConn, WorkerHandler};
-use crate::{CloseReason, Conn, Handler, TimerId};
 
 const BODY: &[u8] = b"Hello, World!";
 
@@ -154,7 +155,7 @@ fn refuse(output: &mut Vec<u8>, date: &[u8], error: &HttpError) -> Option<CloseR
         ConnectionHeader::Close,
         false,
     );
-    Some(CloseReason::ProtocolError)
+    Some(CloseReason::Protocol("http_bad_request"))
 }
 
 impl Handler for Hello {
@@ -202,16 +203,5 @@ impl Handler for Hello {
             false,
         );
         conn.close_with(CloseReason::IdleTimeout);
-    }
-}
-
-impl WorkerHandler for Hello {
-    type State = HttpConn;
-
-    fn on_data(&mut self, conn: &mut WorkerConn<'_, HttpConn>) {
-        let (input, output, state) = conn.io();
-        if self.answer(input, output, state).is_some() {
-            conn.close();
-        }
     }
 }

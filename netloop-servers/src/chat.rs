@@ -4,7 +4,8 @@
 //! A frame is a 4-byte magic, a big-endian length and the payload. Frames
 //! are decoded however they arrive, merged or split (粘包拆包); each is
 //! relayed, in order, to every connected client, the sender included. A bad
-//! magic or an oversized length closes that client with a reason naming it;
+//! magic or an oversized length closes that client with a reason naming it
+//! (`CloseReason::Protocol("bad_magic")`, `Protocol("frame_too_large")`);
 //! a client that stops reading is cut off once its queued output passes
 //! `--max-output`, so it cannot stall the others or grow memory.
 //!
@@ -13,8 +14,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use netloop::{CloseReason, Conn, ConnId, Ctx, Handler, LoopHandle};
+
 use crate::codec::frame::{FrameConfig, FrameDecoder, FrameError};
-use crate::{CloseReason, Conn, ConnId, Ctx, Handler, LoopHandle};
 
 /// The members of one loop.
 type Members = Arc<Mutex<Vec<ConnId>>>;
@@ -91,15 +93,13 @@ impl Chat {
 /// Writes `frame` to every member of one loop, cutting off slow readers.
 fn deliver(ctx: &mut Ctx<'_, ()>, members: &Members, frame: &[u8], max_output: usize) {
     for &member in lock(members).iter() {
-        if ctx.write_to(member, frame).is_err() {
+        let Ok(mut member) = ctx.conn(member) else {
             continue;
-        }
-        if ctx
-            .output_len(member)
-            .is_some_and(|queued| queued > max_output)
-        {
+        };
+        member.write(frame);
+        if member.output_len() > max_output {
             // Its output would never drain: close now, dropping it.
-            let _ = ctx.abort_conn(member, CloseReason::OutputLimit);
+            member.abort(CloseReason::OutputLimit);
         }
     }
 }
@@ -107,8 +107,11 @@ fn deliver(ctx: &mut Ctx<'_, ()>, members: &Members, frame: &[u8], max_output: u
 impl Handler for Chat {
     type State = ();
 
+    fn on_start(&mut self, handle: LoopHandle<()>) {
+        self.register(handle);
+    }
+
     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
-        self.register(conn.handle());
         lock(&self.members).push(conn.id());
     }
 
@@ -124,8 +127,10 @@ impl Handler for Chat {
                         .extend_from_slice(&conn.input()[..frame.consumed()]);
                     (frame.consumed(), None)
                 }
-                Err(FrameError::BadMagic { .. }) => (0, Some(CloseReason::BadMagic)),
-                Err(FrameError::TooLarge { .. }) => (0, Some(CloseReason::FrameTooLarge)),
+                Err(FrameError::BadMagic { .. }) => (0, Some(CloseReason::Protocol("bad_magic"))),
+                Err(FrameError::TooLarge { .. }) => {
+                    (0, Some(CloseReason::Protocol("frame_too_large")))
+                }
             };
             if let Some(reason) = error {
                 tracing::debug!(id = %conn.id(), %reason, "bad frame");

@@ -3,7 +3,8 @@
 //!
 //! Inline and multibulk requests, pipelining (every reply of a turn in one
 //! write), Redis' error texts, and a protocol error answered with
-//! `-ERR Protocol error: …` before the connection is closed, as Redis does.
+//! `-ERR Protocol error: …` before the connection is closed, as Redis does
+//! (`CloseReason::Protocol("resp_protocol_error")`).
 //! The store is shared by all loops, in shards behind mutexes; with one
 //! thread the mutexes are never contended.
 
@@ -12,10 +13,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::Buffer;
+use netloop::Buffer;
+use netloop::{CloseReason, Conn, Handler};
+
 use crate::codec::resp::{self, ArgBuf, RespLimits, parse_command_into};
-use crate::oneshot::{WorkerConn, WorkerHandler};
-use crate::{CloseReason, Conn, Handler};
 
 const SHARDS: usize = 64;
 
@@ -135,7 +136,7 @@ impl Kv {
                 }
                 Err(e) => {
                     resp::protocol_error(out, &e);
-                    return Some(CloseReason::ProtocolError);
+                    return Some(CloseReason::Protocol("resp_protocol_error"));
                 }
             }
         }
@@ -618,17 +619,6 @@ impl Handler for Kv {
         let mut output = parts.output;
         if let Some(reason) = self.process(parts.input, output.vec()) {
             conn.close_with(reason);
-        }
-    }
-}
-
-impl WorkerHandler for Kv {
-    type State = ();
-
-    fn on_data(&mut self, conn: &mut WorkerConn<'_, ()>) {
-        let (input, output, _) = conn.io();
-        if self.process(input, output).is_some() {
-            conn.close();
         }
     }
 }
