@@ -27,6 +27,9 @@
 #                     (redis-benchmark runs to n requests per test, four tests: about
 #                     DURATION seconds in all at ~90k and ~1.4M requests/s)
 #   SKIP_IDLE=1       leave out the idle-RSS test
+#   BEFORE_BIN=PATH   also run this netloop binary (an older build) as the
+#                     servers before-echo, before-http and before-kv, in the
+#                     same interleaved rounds: a before/after comparison
 # All are environment variables; ROUNDS and DURATION may also be arguments.
 set -euo pipefail
 
@@ -82,6 +85,12 @@ tmp=$(mktemp -d /tmp/netloop-compare.XXXXXX)
 # A private copy, so a rebuild of the root workspace during the run changes nothing.
 cp "$root/target/release/netloop" "$tmp/netloop"
 NETLOOP=$tmp/netloop
+BEFORE=""
+if [ -n "${BEFORE_BIN:-}" ]; then
+  [ -x "$BEFORE_BIN" ] || die "BEFORE_BIN=$BEFORE_BIN is not an executable"
+  cp "$BEFORE_BIN" "$tmp/before"
+  BEFORE=$tmp/before
+fi
 PEERS=$bench/target/release
 HZ=$(getconf CLK_TCK)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true   # servers and idle_rss.py inherit it
@@ -128,6 +137,8 @@ start_server() {
     netloop-echo) taskset -c $SERVER_CPU "$NETLOOP" echo --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     netloop-http) taskset -c $SERVER_CPU "$NETLOOP" http --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     netloop-kv) taskset -c $SERVER_CPU "$NETLOOP" kv --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
+    before-echo | before-http | before-kv)
+      taskset -c $SERVER_CPU "$BEFORE" "${name#before-}" --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     mio-echo | tokio-echo | hyper-hello)
       taskset -c $SERVER_CPU "$PEERS/$name" --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     nginx)
@@ -164,10 +175,11 @@ stop_server() {
 # ---------------------------------------------------------------- workloads
 WORKLOADS=(echo-d1 echo-d16 http http-p16 resp-p1 resp-p16)
 servers_of() {
+  local before=""
   case $1 in
-    echo-*) echo "netloop-echo mio-echo tokio-echo" ;;
-    http*) echo "netloop-http hyper-hello nginx" ;;
-    resp-*) echo "netloop-kv redis-server" ;;
+    echo-*) [ -n "$BEFORE" ] && before=" before-echo"; echo "netloop-echo$before mio-echo tokio-echo" ;;
+    http*) [ -n "$BEFORE" ] && before=" before-http"; echo "netloop-http$before hyper-hello nginx" ;;
+    resp-*) [ -n "$BEFORE" ] && before=" before-kv"; echo "netloop-kv$before redis-server" ;;
   esac
 }
 

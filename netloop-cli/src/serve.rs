@@ -198,8 +198,8 @@ where
 }
 
 /// Runs a server in the mode `args` picks until SIGINT or SIGTERM, then
-/// stops it gracefully. `make_handler(loop_index)` builds each loop's handler;
-/// `make_worker`, when the protocol has one, each one-shot worker's.
+/// stops it gracefully. `make_handler(loop_index)` builds each loop's (or
+/// one-shot worker's) handler.
 pub fn serve<H, F>(args: &ServerArgs, make_handler: F) -> Result<(), ServeError>
 where
     H: Handler + 'static,

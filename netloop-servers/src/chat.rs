@@ -43,7 +43,6 @@ pub struct Chat {
     max_output: usize,
     rooms: Rooms,
     members: Members,
-    registered: bool,
     frame: Vec<u8>,
 }
 
@@ -56,16 +55,7 @@ impl Chat {
             max_output,
             rooms,
             members: Members::default(),
-            registered: false,
             frame: Vec::new(),
-        }
-    }
-
-    /// Joins this loop to the server's rooms, once, when its first client arrives.
-    fn register(&mut self, handle: LoopHandle<()>) {
-        if !self.registered {
-            self.registered = true;
-            lock(&self.rooms.loops).push((handle, Arc::clone(&self.members)));
         }
     }
 
@@ -107,8 +97,9 @@ fn deliver(ctx: &mut Ctx<'_, ()>, members: &Members, frame: &[u8], max_output: u
 impl Handler for Chat {
     type State = ();
 
+    /// Joins this loop to the server's rooms.
     fn on_start(&mut self, handle: LoopHandle<()>) {
-        self.register(handle);
+        lock(&self.rooms.loops).push((handle, Arc::clone(&self.members)));
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {

@@ -20,7 +20,7 @@ use crate::codec::http::{
 
 const BODY: &[u8] = b"Hello, World!";
 
-/// The hello-world handler, for the loop and for one-shot workers.
+/// The hello-world handler.
 pub struct Hello {
     limits: HttpLimits,
     date: DateCache,

@@ -94,7 +94,7 @@ impl Store {
     }
 }
 
-/// The RESP handler, for the loop and for one-shot workers.
+/// The RESP handler.
 pub struct Kv {
     store: Arc<Store>,
     limits: RespLimits,

@@ -11,10 +11,10 @@
 //! - [`kv`]: an in-memory key-value store speaking RESP2, for `redis-cli`
 //!   and `redis-benchmark`.
 //!
-//! Each server is a [`netloop::Handler`] (and, for `http` and `kv`, a
-//! [`netloop::oneshot::WorkerHandler`]), so it runs on an
-//! [`EventLoop`](netloop::EventLoop), a [`Server`](netloop::server::Server)
-//! or a [`OneShotServer`](netloop::oneshot::OneShotServer):
+//! Each server is a [`netloop::Handler`], so it runs on an
+//! [`EventLoop`](netloop::EventLoop) or a [`Server`](netloop::server::Server)
+//! in any of its modes (`chat` needs to reach every client, so not in
+//! [`Mode::OneShot`](netloop::server::Mode::OneShot)):
 //!
 //! ```no_run
 //! use std::time::Duration;
