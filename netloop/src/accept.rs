@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::close_reason::CloseReason;
 use crate::config::PoolFullPolicy;
 use crate::core::{Core, Registration};
+use crate::listeners::{Listener, listener_token};
 use crate::error::Error;
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
@@ -17,53 +18,6 @@ use crate::slots::Slots;
 use crate::sys::epoll::{EXCLUSIVE, ONESHOT, READABLE};
 use crate::sys::socket::{self, ListenOptions};
 use crate::timer::TimerKind;
-use crate::token::{ConnId, RESERVED_INDEX_BASE};
-
-struct Listener {
-    socket: Arc<TcpListener>,
-    interest: u32,
-}
-
-/// A loop's listeners and whether it accepts from them now.
-pub(crate) struct Listeners {
-    list: Vec<Listener>,
-    /// Whether the listeners are registered with epoll now.
-    registered: bool,
-    /// Descriptors ran out; accepting resumes at a timer.
-    backing_off: bool,
-    /// The pool is full and new connections wait in the backlog.
-    waiting_for_slot: bool,
-    /// The last accept failed for lack of descriptors (for logging only).
-    failing: bool,
-}
-
-impl Default for Listeners {
-    fn default() -> Self {
-        Self {
-            list: Vec::new(),
-            registered: true,
-            backing_off: false,
-            waiting_for_slot: false,
-            failing: false,
-        }
-    }
-}
-
-impl Listeners {
-    pub(crate) fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// The epoll token of listener `index`.
-    #[cfg(feature = "testing")]
-    pub(crate) fn token(&self, index: usize) -> Option<u64> {
-        (index < self.list.len()).then(|| listener_token(index))
-    }
-}
-
-fn listener_token(index: usize) -> u64 {
-    ConnId::new(RESERVED_INDEX_BASE + index as u32, 0).to_u64()
-}
 
 /// What to do after an accept error.
 enum AfterAcceptError {

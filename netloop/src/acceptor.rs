@@ -1,6 +1,7 @@
 //! The acceptor-and-loops mode (muduo's `EventLoopThreadPool`): one thread
 //! accepts and hands each connection to a loop through its mailbox.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -13,7 +14,25 @@ use crate::event_loop::EventLoop;
 use crate::handle::LoopHandle;
 use crate::handler::Handler;
 use crate::loop_thread::{Health, LoopThread, spawn_loop};
-use crate::server::Dispatch;
+
+/// Chooses the loop for a connection in the acceptor mode.
+#[derive(Clone, Default)]
+pub enum Dispatch {
+    /// Each loop in turn.
+    #[default]
+    RoundRobin,
+    /// `hash(peer) % threads`, e.g. to keep one client's connections together.
+    Hash(Arc<dyn Fn(Option<SocketAddr>) -> usize + Send + Sync>),
+}
+
+impl fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dispatch::RoundRobin => f.write_str("RoundRobin"),
+            Dispatch::Hash(_) => f.write_str("Hash(..)"),
+        }
+    }
+}
 
 /// The acceptor's handler: it never serves a connection itself.
 struct AcceptOnly;

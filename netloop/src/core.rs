@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::accept::Listeners;
+use crate::listeners::Listeners;
 use crate::buffer::BufferPool;
 use crate::close_reason::CloseReason;
 use crate::config::{Config, Trigger};

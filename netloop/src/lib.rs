@@ -60,6 +60,7 @@ mod timer;
 mod token;
 
 mod connection;
+mod listeners;
 mod shared;
 mod slots;
 mod waker;

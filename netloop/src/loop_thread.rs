@@ -3,8 +3,7 @@
 //! Handler panics never reach this far (each costs its connection only).
 //! A loop that fails anyway — `epoll_wait` failing, a bug in the loop —
 //! stops the whole server: its stopper runs at once, the other loops drain
-//! and end, and [`Server::join`](crate::server::Server::join) reports the
-//! failure. A server never limps on with a dead loop still being handed
+//! and end, and the server's `join` reports the failure. A server never limps on with a dead loop still being handed
 //! connections.
 
 use std::net::SocketAddr;

@@ -19,6 +19,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread;
 
+pub use crate::acceptor::Dispatch;
 use crate::acceptor::spawn_acceptor;
 use crate::config::Config;
 use crate::error::Error;
@@ -49,25 +50,6 @@ pub enum Mode {
     /// ([`Ctx::conn`](crate::Ctx::conn) answers `Err(Busy)`); and
     /// [`Server::handles`] holds one handle for the pool.
     OneShot,
-}
-
-/// Chooses the loop for a connection in [`Mode::Acceptor`].
-#[derive(Clone, Default)]
-pub enum Dispatch {
-    /// Each loop in turn.
-    #[default]
-    RoundRobin,
-    /// `hash(peer) % threads`, e.g. to keep one client's connections together.
-    Hash(Arc<dyn Fn(Option<SocketAddr>) -> usize + Send + Sync>),
-}
-
-impl fmt::Debug for Dispatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Dispatch::RoundRobin => f.write_str("RoundRobin"),
-            Dispatch::Hash(_) => f.write_str("Hash(..)"),
-        }
-    }
 }
 
 /// How to run a [`Server`].
