@@ -52,12 +52,19 @@ pub struct Config {
     /// Unconsumed input above this closes the connection
     /// ([`CloseReason::InputLimit`](crate::CloseReason::InputLimit)).
     pub max_input: usize,
-    /// Queued output above this makes a connection *full*: it stops being
-    /// read, and [`Handler::on_drained`](crate::Handler::on_drained) is
-    /// called once the output is back down to `low_water`.
+    /// Queued output above this makes a connection *full*
+    /// ([`ConnRef::is_full`](crate::ConnRef::is_full)) until it is back down
+    /// to `low_water`; then [`Handler::on_drained`](crate::Handler::on_drained)
+    /// is called.
     pub high_water: usize,
     /// See `high_water`.
     pub low_water: usize,
+    /// Stop reading a connection while its own output is full. Right for
+    /// request/response protocols, where reading one connection makes output
+    /// for that same connection; a relay turns it off and pauses the *other*
+    /// side instead ([`ConnRef::pause_reading`](crate::ConnRef::pause_reading)),
+    /// so that each direction flows on its own.
+    pub pause_when_full: bool,
     /// Close connections silent for this long
     /// ([`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout)).
     pub idle_timeout: Option<Duration>,
@@ -92,6 +99,7 @@ impl Default for Config {
             max_input: 16 * 1024 * 1024,
             high_water: 1024 * 1024,
             low_water: 256 * 1024,
+            pause_when_full: true,
             idle_timeout: None,
             pool_full: PoolFullPolicy::AcceptAndClose,
             accept_backoff: Duration::from_millis(200),

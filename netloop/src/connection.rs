@@ -84,10 +84,20 @@ pub(crate) enum WriteSide {
     FinSent,
 }
 
+/// How much output a connection has queued, against the water marks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum OutputLevel {
+    /// Below the high-water mark (or back at the low-water mark).
+    #[default]
+    Normal,
+    /// Passed the high-water mark and not yet drained to the low-water mark.
+    Full,
+}
+
 /// A reason to hold reading off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Hold {
-    /// The connection's own output passed the high-water mark.
+    /// The connection's own output is full (with `Config::pause_when_full`).
     OutputFull = 1,
     /// The handler paused it ([`ConnRef::pause_reading`](crate::ConnRef::pause_reading)).
     Handler = 2,
@@ -139,6 +149,7 @@ pub(crate) struct Connection<S> {
     pub(crate) read: ReadSide,
     pub(crate) write: WriteSide,
     pub(crate) holds: ReadHolds,
+    pub(crate) output_level: OutputLevel,
     /// An event reported a hang-up or error. Sticky: a read deferred by a
     /// hold or the budget must not trust a short read afterwards, since the
     /// event that announced the FIN has already been consumed.
@@ -191,6 +202,7 @@ impl<S> Connection<S> {
             read: ReadSide::Open,
             write: WriteSide::Open,
             holds: ReadHolds::default(),
+            output_level: OutputLevel::Normal,
             hangup_seen: false,
             listed: Listed::default(),
             idle_timer: None,

@@ -8,12 +8,12 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::listeners::Listeners;
 use crate::buffer::BufferPool;
 use crate::close_reason::CloseReason;
 use crate::config::{Config, Trigger};
-use crate::connection::{Connection, Hold, IoContext, Origin, Phase, WriteSide};
+use crate::connection::{Connection, Hold, IoContext, Origin, OutputLevel, Phase, WriteSide};
 use crate::error::Error;
+use crate::listeners::Listeners;
 use crate::occupants::Occupants;
 use crate::slots::{Acquire, Slots};
 use crate::stats::Stats;
@@ -322,15 +322,33 @@ impl<S> Core<S> {
     }
 
     /// After output was queued on `id`: flush it this turn, and mark the
-    /// connection full (reading held) once it passes the high-water mark.
+    /// connection full once it passes the high-water mark (holding its own
+    /// reading, unless the config says otherwise).
     pub(crate) fn output_grew(&mut self, id: ConnId) {
         self.schedule_flush(id);
         let high_water = self.config.high_water;
-        if let Some(conn) = self.conns.get_mut(id)
-            && conn.output.len() > high_water
-            && conn.holds.add(Hold::OutputFull)
-        {
-            self.update_interest(id);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.output_level == OutputLevel::Normal && conn.output.len() > high_water {
+            conn.output_level = OutputLevel::Full;
+            if self.config.pause_when_full {
+                self.hold_reading(id, Hold::OutputFull);
+            }
+        }
+    }
+
+    /// After a flush left `id` with at most the low-water mark queued: no
+    /// longer full; its handler hears `on_drained` this turn.
+    pub(crate) fn output_drained(&mut self, id: ConnId) {
+        let low_water = self.config.low_water;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.output_level == OutputLevel::Full && conn.output.len() <= low_water {
+            conn.output_level = OutputLevel::Normal;
+            self.drained.push(id);
+            self.release_reading(id, Hold::OutputFull);
         }
     }
 
@@ -339,7 +357,7 @@ impl<S> Core<S> {
     pub(crate) fn is_full(&self, id: ConnId) -> bool {
         self.conns
             .get(id)
-            .is_some_and(|c| c.holds.has(Hold::OutputFull))
+            .is_some_and(|c| c.output_level == OutputLevel::Full)
     }
 
     pub(crate) fn hold_reading(&mut self, id: ConnId, hold: Hold) {

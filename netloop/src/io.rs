@@ -3,7 +3,7 @@
 //! bookkeeping that follows every callback (limits, backpressure, FIN).
 
 use crate::close_reason::CloseReason;
-use crate::connection::{AfterEof, Connection, Hold, Phase, ReadOutcome, ReadSide, WriteOutcome};
+use crate::connection::{AfterEof, Connection, Phase, ReadOutcome, ReadSide, WriteOutcome};
 use crate::core::CloseMode;
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
@@ -138,7 +138,6 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn after_flush(&mut self, id: ConnId) {
-        let low_water = self.core.config.low_water;
         let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
@@ -149,10 +148,7 @@ impl<H: Handler> EventLoop<H> {
             self.drain_closes();
             return;
         }
-        if conn.output.len() <= low_water && conn.holds.has(Hold::OutputFull) {
-            self.core.release_reading(id, Hold::OutputFull);
-            self.core.drained.push(id);
-        }
+        self.core.output_drained(id);
         self.close_if_both_halves_done(id);
         self.core.update_interest(id);
     }

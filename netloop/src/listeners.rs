@@ -50,4 +50,3 @@ impl Listeners {
 pub(crate) fn listener_token(index: usize) -> u64 {
     ConnId::new(RESERVED_INDEX_BASE + index as u32, 0).to_u64()
 }
-
