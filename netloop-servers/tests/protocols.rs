@@ -1,6 +1,8 @@
 //! The protocol servers over real loopback sockets: HTTP/1.1, RESP and the
 //! framed chat, including pipelining, bad input and slow readers.
 
+// The core's test helpers, shared rather than copied.
+#[path = "../../netloop/tests/support/mod.rs"]
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
