@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use netloop::testing::{Event, READ_HUP, READABLE};
 use netloop::{CloseReason, Config, ConnId, EventLoop};
-use relay::{Logged, relay_loop};
+use relay::{Logged, read_turning, relay_loop, reset};
 use support::turn_until;
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -416,14 +416,6 @@ fn wait_for_end(stream: &mut TcpStream) -> Result<(), String> {
     }
 }
 
-/// Resets `stream`: SO_LINGER 0, then close, sends RST instead of FIN.
-fn reset(stream: TcpStream) {
-    socket2::SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
-    drop(stream);
-}
-
 /// An upstream that answers "ping" with "pong", then either waits for the
 /// relay to close (returning how that went) or, with `reset`, resets.
 fn pong_server(listener: TcpListener, reset_it: bool) -> thread::JoinHandle<Result<(), String>> {
@@ -445,17 +437,7 @@ fn pong_server(listener: TcpListener, reset_it: bool) -> thread::JoinHandle<Resu
 fn paired_client(event_loop: &mut EventLoop<Logged>, addr: SocketAddr) -> TcpStream {
     let mut client = support::connect(addr);
     client.write_all(b"ping").expect("ping");
-    client.set_nonblocking(true).expect("nonblocking");
-    let mut got = Vec::new();
-    turn_until(event_loop, LIMIT, |_| {
-        let mut buf = [0u8; 4];
-        if let Ok(n) = client.read(&mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        got.len() == 4
-    });
-    assert_eq!(got, b"pong");
-    client.set_nonblocking(false).expect("blocking");
+    assert_eq!(read_turning(event_loop, &mut client, 4, LIMIT), b"pong");
     client
 }
 

@@ -2,10 +2,11 @@
 //! batch `epoll_wait` would return by hand, so that the order is exact, and
 //! dispatches it through the real dispatcher with real sockets behind it.
 
+mod relay;
 mod support;
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use netloop::testing::{READABLE, WRITABLE};
@@ -247,4 +248,61 @@ fn seed_a_b_c_with_real_sockets_in_one_real_batch() {
     );
     assert!(event_loop.handler().data_for(c).is_empty());
     assert_untouched_then_echoes(&mut event_loop, &mut client_b, b);
+}
+
+#[test]
+fn seed_abc_with_a_real_upstream_a_fails_closes_its_upstream_c_b_accepted_into_cs_slot_cs_event_reaches_nobody()
+ {
+    // The proxy example's relay, with a real upstream listener run here.
+    let upstream = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let (mut event_loop, addr) = relay::relay_loop(Config::default(), upstream_addr);
+    let client_a = connect(addr);
+    turn_until(&mut event_loop, LIMIT, |l| l.handler().pairs().len() == 1);
+    turn_for(&mut event_loop, Duration::from_millis(20));
+    let (a, c) = event_loop.handler().pairs()[0];
+    let (mut server_c, _) = upstream.accept().expect("accept C");
+
+    // C gets a real event queued (its upstream sends), A fails (a reset),
+    // and B arrives with a request of its own.
+    server_c.write_all(b"for A").expect("write to C");
+    relay::reset(client_a);
+    let mut client_b = connect(addr);
+    client_b.write_all(b"from B").expect("write B");
+    std::thread::sleep(Duration::from_millis(20));
+    let listener = Event {
+        token: event_loop.listener_token(0).expect("listener"),
+        events: READABLE,
+    };
+    event_loop.dispatch_batch(&[readable(a), listener, readable(c)]);
+
+    let handler = event_loop.handler();
+    let reason_of = |id| handler.close_of(id).map(|(reason, _)| reason);
+    assert_eq!(reason_of(a), Some(CloseReason::Reset));
+    assert_eq!(
+        reason_of(c),
+        Some(CloseReason::Closed),
+        "A's failure closed its upstream C in the same dispatch"
+    );
+    let b = *handler.clients().last().expect("B accepted");
+    assert_ne!(b, a);
+    assert_eq!(b.index(), c.index(), "B took C's slot");
+    assert_ne!(b.generation(), c.generation());
+    assert_eq!(event_loop.stats().stale_events, 1, "C's event was dropped");
+    assert_eq!(handler.data_for(c), 0, "C's event reached nobody");
+    assert_eq!(handler.data_for(b), 0, "nothing was delivered to B");
+
+    // B still works: its own upstream comes up, its request goes through,
+    // and the reply (not C's data) comes back.
+    turn_until(&mut event_loop, LIMIT, |l| l.handler().pairs().len() == 2);
+    assert_eq!(event_loop.handler().pairs()[1].0, b);
+    let (mut server_d, _) = upstream.accept().expect("accept B's upstream");
+    server_d.set_read_timeout(Some(LIMIT)).expect("timeout");
+    turn_until(&mut event_loop, LIMIT, |l| l.handler().data_for(b) == 6);
+    assert_eq!(read_exact(&mut server_d, 6), b"from B");
+    server_d.write_all(b"to B").expect("reply");
+    assert_eq!(
+        relay::read_turning(&mut event_loop, &mut client_b, 4, LIMIT),
+        b"to B"
+    );
 }

@@ -5,7 +5,9 @@
 #[path = "../../examples/proxy.rs"]
 pub mod proxy;
 
-use std::net::SocketAddr;
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use netloop::{AfterEof, CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler};
 pub use proxy::{Proxy, Side};
@@ -139,4 +141,40 @@ pub fn relay_loop(config: Config, upstream: SocketAddr) -> (EventLoop<Logged>, S
         .listen("127.0.0.1:0".parse().expect("addr"))
         .expect("listen");
     (event_loop, addr)
+}
+
+/// Resets `stream`: with SO_LINGER 0, closing it sends RST instead of FIN.
+pub fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(stream);
+}
+
+/// Reads `n` bytes from `stream` while running the loop's turns, within
+/// `limit`; panics at EOF or on timeout.
+pub fn read_turning<H: Handler>(
+    event_loop: &mut EventLoop<H>,
+    stream: &mut TcpStream,
+    n: usize,
+    limit: Duration,
+) -> Vec<u8> {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + limit;
+    let mut got = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        assert!(Instant::now() < deadline, "read {filled} of {n} bytes");
+        match stream.read(&mut got[filled..]) {
+            Ok(0) => panic!("EOF after {filled} of {n} bytes"),
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read: {e}"),
+        }
+        event_loop
+            .turn(Some(Duration::from_millis(1)))
+            .expect("turn");
+    }
+    stream.set_nonblocking(false).expect("blocking");
+    got
 }
