@@ -7,6 +7,7 @@ mod support;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use netloop::testing::{READABLE, WRITABLE};
@@ -15,6 +16,14 @@ use netloop::{CloseReason, Config, ConnId, EventLoop};
 use support::{Plan, Recorder, Seen, connect, read_exact, turn_for, turn_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// The seeds assert which fd number a new connection gets: the lowest free
+/// one, which any other test opening or closing a descriptor meanwhile would
+/// change. So they run one at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn new_loop(config: Config) -> (EventLoop<Recorder>, std::net::SocketAddr) {
     let mut event_loop = EventLoop::new(config, Recorder::default()).expect("loop");
@@ -63,6 +72,7 @@ fn assert_untouched_then_echoes(
 
 #[test]
 fn seed_a_closes_c_then_b_accepted_into_cs_slot_and_fd_then_cs_stale_event_arrives() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_a, a, _) = open(&mut event_loop, addr);
     let (mut client_c, c, c_fd) = open(&mut event_loop, addr);
@@ -97,6 +107,7 @@ fn seed_a_closes_c_then_b_accepted_into_cs_slot_and_fd_then_cs_stale_event_arriv
 
 #[test]
 fn seed_slot_reused_twice_in_one_batch_b_and_b_prime() {
+    let _serial = one_at_a_time();
     // One accept per listener event, so the batch decides who is accepted when.
     let config = Config {
         accepts_per_event: 1,
@@ -151,6 +162,7 @@ fn seed_slot_reused_twice_in_one_batch_b_and_b_prime() {
 
 #[test]
 fn seed_read_side_closes_and_the_write_event_in_the_same_entry_is_stale() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_x, x, _) = open(&mut event_loop, addr);
     event_loop.handler_mut().plans.insert(x, Plan::CloseSelf);
@@ -175,6 +187,7 @@ fn seed_read_side_closes_and_the_write_event_in_the_same_entry_is_stale() {
 
 #[test]
 fn seed_dup_fd_outlives_close_and_its_events_reach_nobody() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_x, x, x_fd) = open(&mut event_loop, addr);
     event_loop.handler_mut().plans.insert(x, Plan::DupAndClose);
@@ -219,6 +232,7 @@ fn seed_dup_fd_outlives_close_and_its_events_reach_nobody() {
 
 #[test]
 fn seed_a_b_c_with_real_sockets_in_one_real_batch() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_a, a, _) = open(&mut event_loop, addr);
     let (mut client_c, c, c_fd) = open(&mut event_loop, addr);
@@ -253,6 +267,7 @@ fn seed_a_b_c_with_real_sockets_in_one_real_batch() {
 #[test]
 fn seed_abc_with_a_real_upstream_a_fails_closes_its_upstream_c_b_accepted_into_cs_slot_cs_event_reaches_nobody()
  {
+    let _serial = one_at_a_time();
     // The proxy example's relay, with a real upstream listener run here.
     let upstream = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let upstream_addr = upstream.local_addr().expect("addr");
