@@ -10,8 +10,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use netloop::testing::{READABLE, WRITABLE};
 use netloop::testing::Event;
+use netloop::testing::{READABLE, WRITABLE};
 use netloop::{CloseReason, Config, ConnId, EventLoop};
 use support::{Plan, Recorder, Seen, connect, read_exact, turn_for, turn_until};
 
