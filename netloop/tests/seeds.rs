@@ -2,10 +2,12 @@
 //! batch `epoll_wait` would return by hand, so that the order is exact, and
 //! dispatches it through the real dispatcher with real sockets behind it.
 
+mod relay;
 mod support;
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use netloop::testing::Event;
@@ -14,6 +16,14 @@ use netloop::{CloseReason, Config, ConnId, EventLoop};
 use support::{Plan, Recorder, Seen, connect, read_exact, turn_for, turn_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// The seeds assert which fd number a new connection gets: the lowest free
+/// one, which any other test opening or closing a descriptor meanwhile would
+/// change. So they run one at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn new_loop(config: Config) -> (EventLoop<Recorder>, std::net::SocketAddr) {
     let mut event_loop = EventLoop::new(config, Recorder::default()).expect("loop");
@@ -62,6 +72,7 @@ fn assert_untouched_then_echoes(
 
 #[test]
 fn seed_a_closes_c_then_b_accepted_into_cs_slot_and_fd_then_cs_stale_event_arrives() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_a, a, _) = open(&mut event_loop, addr);
     let (mut client_c, c, c_fd) = open(&mut event_loop, addr);
@@ -96,6 +107,7 @@ fn seed_a_closes_c_then_b_accepted_into_cs_slot_and_fd_then_cs_stale_event_arriv
 
 #[test]
 fn seed_slot_reused_twice_in_one_batch_b_and_b_prime() {
+    let _serial = one_at_a_time();
     // One accept per listener event, so the batch decides who is accepted when.
     let config = Config {
         accepts_per_event: 1,
@@ -150,6 +162,7 @@ fn seed_slot_reused_twice_in_one_batch_b_and_b_prime() {
 
 #[test]
 fn seed_read_side_closes_and_the_write_event_in_the_same_entry_is_stale() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_x, x, _) = open(&mut event_loop, addr);
     event_loop.handler_mut().plans.insert(x, Plan::CloseSelf);
@@ -174,6 +187,7 @@ fn seed_read_side_closes_and_the_write_event_in_the_same_entry_is_stale() {
 
 #[test]
 fn seed_dup_fd_outlives_close_and_its_events_reach_nobody() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_x, x, x_fd) = open(&mut event_loop, addr);
     event_loop.handler_mut().plans.insert(x, Plan::DupAndClose);
@@ -218,6 +232,7 @@ fn seed_dup_fd_outlives_close_and_its_events_reach_nobody() {
 
 #[test]
 fn seed_a_b_c_with_real_sockets_in_one_real_batch() {
+    let _serial = one_at_a_time();
     let (mut event_loop, addr) = new_loop(Config::default());
     let (mut client_a, a, _) = open(&mut event_loop, addr);
     let (mut client_c, c, c_fd) = open(&mut event_loop, addr);
@@ -247,4 +262,62 @@ fn seed_a_b_c_with_real_sockets_in_one_real_batch() {
     );
     assert!(event_loop.handler().data_for(c).is_empty());
     assert_untouched_then_echoes(&mut event_loop, &mut client_b, b);
+}
+
+#[test]
+fn seed_abc_with_a_real_upstream_a_fails_closes_its_upstream_c_b_accepted_into_cs_slot_cs_event_reaches_nobody()
+ {
+    let _serial = one_at_a_time();
+    // The proxy example's relay, with a real upstream listener run here.
+    let upstream = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let (mut event_loop, addr) = relay::relay_loop(Config::default(), upstream_addr);
+    let client_a = connect(addr);
+    turn_until(&mut event_loop, LIMIT, |l| l.handler().pairs().len() == 1);
+    turn_for(&mut event_loop, Duration::from_millis(20));
+    let (a, c) = event_loop.handler().pairs()[0];
+    let (mut server_c, _) = upstream.accept().expect("accept C");
+
+    // C gets a real event queued (its upstream sends), A fails (a reset),
+    // and B arrives with a request of its own.
+    server_c.write_all(b"for A").expect("write to C");
+    relay::reset(client_a);
+    let mut client_b = connect(addr);
+    client_b.write_all(b"from B").expect("write B");
+    std::thread::sleep(Duration::from_millis(20));
+    let listener = Event {
+        token: event_loop.listener_token(0).expect("listener"),
+        events: READABLE,
+    };
+    event_loop.dispatch_batch(&[readable(a), listener, readable(c)]);
+
+    let handler = event_loop.handler();
+    let reason_of = |id| handler.close_of(id).map(|(reason, _)| reason);
+    assert_eq!(reason_of(a), Some(CloseReason::Reset));
+    assert_eq!(
+        reason_of(c),
+        Some(CloseReason::Closed),
+        "A's failure closed its upstream C in the same dispatch"
+    );
+    let b = *handler.clients().last().expect("B accepted");
+    assert_ne!(b, a);
+    assert_eq!(b.index(), c.index(), "B took C's slot");
+    assert_ne!(b.generation(), c.generation());
+    assert_eq!(event_loop.stats().stale_events, 1, "C's event was dropped");
+    assert_eq!(handler.data_for(c), 0, "C's event reached nobody");
+    assert_eq!(handler.data_for(b), 0, "nothing was delivered to B");
+
+    // B still works: its own upstream comes up, its request goes through,
+    // and the reply (not C's data) comes back.
+    turn_until(&mut event_loop, LIMIT, |l| l.handler().pairs().len() == 2);
+    assert_eq!(event_loop.handler().pairs()[1].0, b);
+    let (mut server_d, _) = upstream.accept().expect("accept B's upstream");
+    server_d.set_read_timeout(Some(LIMIT)).expect("timeout");
+    turn_until(&mut event_loop, LIMIT, |l| l.handler().data_for(b) == 6);
+    assert_eq!(read_exact(&mut server_d, 6), b"from B");
+    server_d.write_all(b"to B").expect("reply");
+    assert_eq!(
+        relay::read_turning(&mut event_loop, &mut client_b, 4, LIMIT),
+        b"to B"
+    );
 }
