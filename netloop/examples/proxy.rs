@@ -96,6 +96,17 @@ impl Handler for Proxy {
 }
 
 impl Proxy {
+    /// The loop settings a relay needs, from `base`: a side whose own output
+    /// is full must not stop being read, or a client uploading while it
+    /// ignores a download would stall its upload too. The relay pauses the
+    /// *partner* of a full side instead, so each direction flows on its own.
+    pub fn config(base: Config) -> Config {
+        Config {
+            pause_when_full: false,
+            ..base
+        }
+    }
+
     /// Starts the client's upstream connection. Like muduo's tunnel, the
     /// client is not read until the upstream is up: what it sends meanwhile
     /// waits in the kernel, so nothing is lost and its FIN cannot overtake
@@ -138,7 +149,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let listen: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:7100").parse()?;
     let upstream: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:7000").parse()?;
-    let mut event_loop = EventLoop::new(Config::default(), Proxy { upstream })?;
+    let mut event_loop = EventLoop::new(Proxy::config(Config::default()), Proxy { upstream })?;
     let bound = event_loop.listen(listen)?;
     println!("relaying {bound} to {upstream}");
     event_loop.run()?;

@@ -247,6 +247,8 @@ impl<H: Handler> EventLoop<H> {
         self.core.stats.connected += 1;
         self.core.arm_idle_timer(id);
         self.core.update_interest(id);
+        // Output, or a FIN, asked for while connecting goes out now.
+        self.core.schedule_flush(id);
         self.call(id, |handler, conn| handler.on_open(conn));
         self.core.conns.contains(id)
     }

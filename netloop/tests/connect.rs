@@ -123,3 +123,57 @@ fn connect_that_never_completes_times_out() {
         vec![(id, CloseReason::ConnectTimeout)]
     );
 }
+
+/// For each accepted connection, connects to `upstream` and at once asks
+/// for the new connection's FIN, before the connect has completed.
+struct ConnectAndShutDown {
+    upstream: SocketAddr,
+}
+
+impl Handler for ConnectAndShutDown {
+    type State = ();
+
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        if conn.is_outbound() {
+            return;
+        }
+        let up = conn.connect(self.upstream, ()).expect("connect starts");
+        conn.conn(up).expect("connecting is open").shutdown();
+    }
+
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+        let n = conn.input().len();
+        conn.consume(n);
+    }
+}
+
+#[test]
+fn a_shutdown_asked_for_while_connecting_sends_fin_once_connected() {
+    use std::io::Read;
+    let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = upstream.accept().expect("accept");
+        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).map(|_| got)
+    });
+    let mut event_loop = EventLoop::new(
+        Config::default(),
+        ConnectAndShutDown {
+            upstream: upstream_addr,
+        },
+    )
+    .expect("loop");
+    let addr = event_loop
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen");
+    let _client = TcpStream::connect(addr).expect("connect");
+    turn_until(&mut event_loop, LIMIT, |_| reader.is_finished());
+    let got = reader.join().expect("reader");
+    assert_eq!(
+        got.expect("EOF, not a read timeout"),
+        b"",
+        "the upstream saw the FIN and nothing else"
+    );
+}

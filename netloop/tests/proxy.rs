@@ -504,3 +504,52 @@ fn an_upstream_reset_closes_its_client_in_the_same_turn() {
     assert_eq!(event_loop.connection_count(), 0);
     assert_eq!(wait_for_end(&mut client), Ok(()), "the client saw the end");
 }
+
+#[test]
+fn a_client_uploading_while_it_ignores_the_download_still_uploads_everything() {
+    const UP: u64 = 0xd1;
+    const DOWN: u64 = 0xd2;
+    let upload = pattern(UP, 16 * MIB);
+    let (listener, upstream) = upstream_listener();
+    // The upstream reads the upload while it streams a download back, as a
+    // server pushing results while it still takes input does.
+    let server = thread::spawn(move || {
+        let stream = accept(&listener);
+        let mut writer = stream.try_clone().expect("clone");
+        thread::spawn(move || {
+            // More than every kernel buffer on the way holds: streams until
+            // the client is gone, which ends it with an error.
+            let mut chunk = vec![0u8; 64 * KIB];
+            let mut offset = 0;
+            loop {
+                fill(DOWN, offset, &mut chunk);
+                if writer.write_all(&chunk).is_err() {
+                    return;
+                }
+                offset += chunk.len();
+            }
+        });
+        let mut reader = stream;
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).expect("upload up to EOF");
+        got
+    });
+    let (mut event_loop, addr) = relay_loop(small_water(), upstream);
+    let client_upload = upload.clone();
+    let client = thread::spawn(move || {
+        let mut stream = support::connect(addr);
+        stream.set_write_timeout(Some(LIMIT)).expect("timeout");
+        // Uploads everything before reading a byte of the download.
+        stream.write_all(&client_upload).expect("upload");
+        stream.shutdown(Shutdown::Write).expect("FIN");
+        stream
+    });
+    turn_until(&mut event_loop, LIMIT, |_| server.is_finished());
+    assert!(
+        server.join().expect("server") == upload,
+        "the whole upload arrived while the download waited"
+    );
+    let mut stream = client.join().expect("client");
+    let first = read_turning(&mut event_loop, &mut stream, 64 * KIB, LIMIT);
+    assert_eq!(first_wrong(DOWN, 0, &first), None, "the download is intact");
+}

@@ -136,7 +136,7 @@ pub fn relay_loop(config: Config, upstream: SocketAddr) -> (EventLoop<Logged>, S
         proxy: Proxy { upstream },
         seen: Vec::new(),
     };
-    let mut event_loop = EventLoop::new(config, handler).expect("loop");
+    let mut event_loop = EventLoop::new(Proxy::config(config), handler).expect("loop");
     let addr = event_loop
         .listen("127.0.0.1:0".parse().expect("addr"))
         .expect("listen");
