@@ -584,7 +584,7 @@ fi
 
 # ---------------------------------------------------------------- report
 git_rev=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git_dirty=$(cd "$root" && git status --porcelain -- netloop netloop-cli Cargo.toml Cargo.lock 2>/dev/null | head -1)
+git_dirty=$(cd "$root" && git status --porcelain -- netloop netloop-servers netloop-cli Cargo.toml Cargo.lock 2>/dev/null | head -1 || true)
 bin_time=$(date -u -r "$root/target/release/netloop" '+%Y-%m-%d %H:%M UTC')
 A='ADDR'
 commands=(
