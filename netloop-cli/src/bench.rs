@@ -74,6 +74,11 @@ struct Row {
 
 /// Runs the benchmark and prints its table; fails on any verification error.
 pub fn run(args: BenchArgs) -> Result<(), ServeError> {
+    if args.mode == ModeArg::Oneshot && args.workloads.contains(&Kind::Chat) {
+        return Err(ServeError::Usage(
+            "the chat workload relays to every client, which --mode oneshot cannot do; leave chat out of --workloads".into(),
+        ));
+    }
     let _ = crate::sys::rlimit::raise_nofile_limit();
     println!(
         "netloop bench: {} server thread(s), mode {:?}, {} connections from {} client thread(s), {} s per run",

@@ -267,8 +267,14 @@ impl<S> Core<S> {
             } else {
                 self.epoll.delete(fd)
             };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "cannot change listener registration");
+            match result {
+                Ok(()) => {}
+                // One-shot workers share the listener: another worker's
+                // stop may have removed it already.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOENT)
+                        && self.registration == Registration::OneShot => {}
+                Err(e) => tracing::warn!(error = %e, "cannot change listener registration"),
             }
         }
         self.listeners.registered = wanted;
