@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use crate::close_reason::CloseReason;
 use crate::config::PoolFullPolicy;
-use crate::core::{Core, Registration};
+use crate::core::Core;
 use crate::error::Error;
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
 use crate::listeners::{Listener, listener_token};
+use crate::registration::Registration;
 use crate::slots::Slots;
 use crate::sys::epoll::{EXCLUSIVE, ONESHOT, READABLE};
 use crate::sys::socket::{self, ListenOptions};

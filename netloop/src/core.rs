@@ -6,21 +6,24 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::buffer::BufferPool;
+use crate::clock::Clock;
 use crate::close_reason::CloseReason;
-use crate::config::{Config, Trigger};
+use crate::config::Config;
 use crate::connection::{Connection, Hold, IoContext, Origin, OutputLevel, Phase, WriteSide};
 use crate::error::Error;
 use crate::listeners::Listeners;
 use crate::occupants::Occupants;
+use crate::registration::Registration;
 use crate::slots::{Acquire, Slots};
 use crate::stats::Stats;
-use crate::sys::epoll::{EDGE, Epoll, ONESHOT, READ_HUP, READABLE, WRITABLE};
+use crate::sys::epoll::Epoll;
 use crate::sys::socket;
 use crate::timer::{TimerId, TimerKind, Timers};
 use crate::token::ConnId;
+use crate::turn_list::TurnList;
 
 /// How soon a requested close happens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,116 +40,9 @@ pub(crate) struct CloseRequest {
     pub(crate) mode: CloseMode,
 }
 
-/// A list of connections the loop visits once per turn, with a spare so
-/// that taking the list for a pass does not allocate.
-#[derive(Default)]
-pub(crate) struct TurnList {
-    items: Vec<ConnId>,
-    spare: Vec<ConnId>,
-}
-
-impl TurnList {
-    pub(crate) fn push(&mut self, id: ConnId) {
-        self.items.push(id);
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Takes the entries so far; entries pushed meanwhile wait for the next pass.
-    pub(crate) fn take(&mut self) -> Vec<ConnId> {
-        let mut batch = std::mem::take(&mut self.spare);
-        std::mem::swap(&mut batch, &mut self.items);
-        batch
-    }
-
-    /// Returns a taken batch's memory.
-    pub(crate) fn give_back(&mut self, mut batch: Vec<ConnId>) {
-        batch.clear();
-        self.spare = batch;
-    }
-}
-
-/// The loop's clock, read once per turn: callbacks see one "now".
-pub(crate) struct Clock {
-    origin: Instant,
-    now_ns: u64,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            now_ns: 0,
-        }
-    }
-
-    pub(crate) fn refresh(&mut self) {
-        self.now_ns = duration_ns(self.origin.elapsed());
-    }
-
-    pub(crate) fn now_ns(&self) -> u64 {
-        self.now_ns
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.now_ns)
-    }
-
-    fn elapsed_ns(&self) -> u64 {
-        duration_ns(self.origin.elapsed())
-    }
-
-    /// The loop-clock time `delay` from now, saturating.
-    pub(crate) fn after(&self, delay: Duration) -> u64 {
-        self.now_ns.saturating_add(duration_ns(delay))
-    }
-}
-
 /// How soon work that found its connection busy with another one-shot
 /// worker is retried.
 pub(crate) const RETRY_BUSY: Duration = Duration::from_millis(1);
-
-pub(crate) fn duration_ns(d: Duration) -> u64 {
-    d.as_nanos().min(u64::MAX as u128) as u64
-}
-
-/// How a loop's connections are registered with epoll.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Registration {
-    /// Edge-triggered, registered once, never modified.
-    Edge,
-    /// Level-triggered; the interest follows what the connection waits for.
-    Level,
-    /// Edge-triggered and one-shot: re-armed after every event, by whichever
-    /// worker served it.
-    OneShot,
-}
-
-impl Registration {
-    /// The interest a connection registers with now.
-    pub(crate) fn interest_of<S>(self, conn: &Connection<S>) -> u32 {
-        match self {
-            Registration::Edge => READABLE | WRITABLE | READ_HUP | EDGE,
-            Registration::Level => wanted_interest(conn),
-            Registration::OneShot => wanted_interest(conn) | EDGE | ONESHOT,
-        }
-    }
-
-    pub(crate) fn from_trigger(trigger: Trigger) -> Self {
-        match trigger {
-            Trigger::Edge => Registration::Edge,
-            Trigger::Level => Registration::Level,
-        }
-    }
-
-    /// Whether readiness is reported again while it lasts, so a read left
-    /// unfinished needs no posting and a short read ends reading.
-    pub(crate) fn rereports(self) -> bool {
-        self != Registration::Edge
-    }
-}
 
 pub(crate) struct Core<S> {
     pub(crate) config: Config,
@@ -474,21 +370,4 @@ impl<S> Core<S> {
         }
         Ok(id)
     }
-}
-
-/// The interest a level-triggered or one-shot registration needs now.
-fn wanted_interest<S>(conn: &Connection<S>) -> u32 {
-    if conn.is_connecting() {
-        return WRITABLE;
-    }
-    // Read-hangup only together with readable: once the peer's FIN is in,
-    // a level-triggered RDHUP would be reported on every wait.
-    let mut wanted = 0;
-    if conn.may_read() {
-        wanted |= READABLE | READ_HUP;
-    }
-    if !conn.output.is_empty() {
-        wanted |= WRITABLE;
-    }
-    wanted
 }

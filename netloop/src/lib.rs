@@ -50,6 +50,7 @@
 mod sys;
 
 mod buffer;
+mod clock;
 mod close_reason;
 mod config;
 mod error;
@@ -61,8 +62,10 @@ mod token;
 
 mod connection;
 mod listeners;
+mod registration;
 mod shared;
 mod slots;
+mod turn_list;
 mod waker;
 
 mod core;

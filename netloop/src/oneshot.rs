@@ -15,13 +15,13 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::core::Registration;
 use crate::error::Error;
 use crate::event_loop::{EventLoop, LoopParts};
 use crate::handle::{Command, LoopHandle};
 use crate::handler::Handler;
 use crate::loop_thread::{Health, LoopThread, spawn_loop};
 use crate::occupants::Occupants;
+use crate::registration::Registration;
 use crate::shared::{Checkout, SharedSlab};
 use crate::slots::Slots;
 use crate::sys::epoll::{EDGE, Epoll, ONESHOT, READABLE};

@@ -74,7 +74,7 @@ impl<H: Handler> EventLoop<H> {
         conn.idle_timer = None;
         let deadline = conn
             .last_active_ns
-            .saturating_add(crate::core::duration_ns(idle));
+            .saturating_add(crate::clock::duration_ns(idle));
         if deadline <= now {
             self.close_now(id, CloseReason::IdleTimeout);
         } else {
