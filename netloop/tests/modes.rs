@@ -19,6 +19,7 @@ use netloop::{
     AfterEof, CloseReason, Config, Conn, ConnId, Ctx, Error, Handler, PoolFullPolicy, Stats,
     TimerId,
 };
+use socket2::{Domain, Socket, Type};
 use support::Rng;
 
 const THREADS: usize = 2;
@@ -439,18 +440,24 @@ fn pool_full_leave_in_backlog_serves_the_extra_client_once_a_slot_frees(mode: Mo
 // ------------------------------------------------------------------ half-close
 
 fn half_close_default_delivers_the_whole_echo_then_closes(mode: Mode) {
-    let server = start(mode, quick(), |_| Echo);
-    let payload = Rng::new(7 + mode as u64).bytes(1 << 20);
-    let mut c = client(server.local_addr());
+    // Reading is never held, so the server takes all 8 MiB and our FIN while
+    // most of the echo still waits in its output queue: the kernel holds at
+    // most the server's send buffer (4 MiB at most) and our small receive
+    // buffer, and we do not read for a while.
+    let config = Config {
+        high_water: 64 << 20,
+        ..quick()
+    };
+    let server = start(mode, config, |_| Echo);
+    let payload = Rng::new(7 + mode as u64).bytes(8 << 20);
+    let mut c = client_with_small_receive_buffer(server.local_addr());
     let mut writer = c.try_clone().expect("clone");
     let sent = payload.clone();
     let writing = thread::spawn(move || {
         writer.write_all(&sent).expect("write");
         writer.shutdown(Shutdown::Write).expect("FIN");
     });
-    // Not reading for a while lets the echo back up on the server, so that
-    // our FIN reaches it while output is still queued.
-    thread::sleep(Duration::from_millis(200));
+    thread::sleep(Duration::from_millis(300));
     let (got, ending) = read_until_closed(&mut c, LIMIT);
     writing.join().expect("writer");
     assert_eq!(
@@ -467,6 +474,16 @@ fn half_close_default_delivers_the_whole_echo_then_closes(mode: Mode) {
         "{mode:?}: peer-closed closes: {:?}",
         total.closed
     );
+}
+
+fn client_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    let stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    stream.set_write_timeout(Some(LIMIT)).expect("timeout");
+    stream
 }
 
 /// Echoes; after the peer's FIN, keeps writing a tick every `TICK` from a
