@@ -4,7 +4,7 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{LIMIT, Server};
@@ -85,11 +85,21 @@ fn echo_idle_timeout_and_max_connections_flags_take_effect() {
 
 #[test]
 fn emfile_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
+    emfile_pauses_accepting(&[]);
+}
+
+#[test]
+fn emfile_in_oneshot_mode_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
+    // One worker: a worker that slept through the back-off would leave no
+    // one to serve the open connections.
+    emfile_pauses_accepting(&["--mode", "oneshot", "--threads", "1"]);
+}
+
+fn emfile_pauses_accepting(mode: &[&str]) {
     // 16 descriptors: the loop's own few, then room for about nine clients.
-    let server = Server::start(
-        &["prlimit", "--nofile=16:16"],
-        &["echo", "--addr", "127.0.0.1:0"],
-    );
+    let mut args = vec!["echo", "--addr", "127.0.0.1:0"];
+    args.extend_from_slice(mode);
+    let server = Server::start(&["prlimit", "--nofile=16:16"], &args);
     let mut clients: Vec<TcpStream> = (0..14).map(|_| client(server.addr)).collect();
     for c in &mut clients {
         c.set_read_timeout(Some(Duration::from_millis(300)))
@@ -99,11 +109,11 @@ fn emfile_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
     let served_count = served.iter().filter(|s| **s).count();
     assert!(
         served_count >= 3,
-        "some connections are served ({served_count})"
+        "{mode:?}: some connections are served ({served_count})"
     );
     assert!(
         served_count < clients.len(),
-        "the descriptor limit was reached"
+        "{mode:?}: the descriptor limit was reached"
     );
 
     let before = server.cpu_ticks();
@@ -111,14 +121,33 @@ fn emfile_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
     let used = server.cpu_ticks() - before;
     assert!(
         used < 25,
-        "the paused server is idle, not spinning ({used} ticks in 1 s)"
+        "{mode:?}: the paused server is idle, not spinning ({used} ticks in 1 s)"
     );
 
     for (c, _) in clients.iter_mut().zip(&served).filter(|(_, s)| **s) {
         c.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
-        assert!(echoes(c, b"2"), "existing connections keep being served");
+        assert!(
+            echoes(c, b"2"),
+            "{mode:?}: existing connections keep being served"
+        );
     }
+    // ...at once: the pause is a timer, not a sleep that would hold each of
+    // these round trips up to the 200 ms back-off.
+    let (open, _) = clients
+        .iter_mut()
+        .zip(&served)
+        .find(|(_, s)| **s)
+        .expect("a served client");
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert!(echoes(open, b"3"), "{mode:?}: served while paused");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "{mode:?}: 20 round trips took {took:?} while accepting was paused"
+    );
     // Free descriptors: the waiting connections are accepted on the next retry.
     let mut waiting: Vec<TcpStream> = Vec::new();
     for (c, s) in clients.into_iter().zip(served) {
@@ -132,7 +161,7 @@ fn emfile_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
     while !waiting.is_empty() {
         assert!(
             Instant::now() < deadline,
-            "{} connections never served",
+            "{mode:?}: {} connections never served",
             waiting.len()
         );
         waiting.retain_mut(|c| {
@@ -142,16 +171,16 @@ fn emfile_pauses_accepting_without_spinning_keeps_serving_and_resumes() {
             match c.read(&mut got) {
                 // Their first byte was sent while they waited in the backlog.
                 Ok(1) => {
-                    assert_eq!(&got, b"1");
+                    assert_eq!(&got, b"1", "{mode:?}");
                     false
                 }
-                Ok(_) => panic!("a waiting connection was closed"),
+                Ok(_) => panic!("{mode:?}: a waiting connection was closed"),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => true,
-                Err(e) => panic!("read: {e}"),
+                Err(e) => panic!("{mode:?}: read: {e}"),
             }
         });
     }
-    assert!(waiting_count > 0);
+    assert!(waiting_count > 0, "{mode:?}");
 }
 
 #[test]
@@ -313,4 +342,224 @@ fn load_checks_every_workload_against_its_server_and_fails_on_wrong_answers() {
         "40",
     ]);
     assert!(!out.status.success(), "wrong echo bytes must fail the run");
+}
+
+/// The threading modes as command-line options.
+const MODES: [&[&str]; 4] = [
+    &["--mode", "reuseport"],
+    &["--mode", "reuseport", "--exclusive"],
+    &["--mode", "acceptor"],
+    &["--mode", "oneshot"],
+];
+
+/// Starts `netloop <command>` on a free port with 2 threads in `mode`,
+/// plus `extra` options.
+fn start_in_mode(command: &str, mode: &[&str], extra: &[&str]) -> Server {
+    let mut args = vec![
+        command,
+        "--addr",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--stop-timeout",
+        "0.5",
+    ];
+    args.extend_from_slice(mode);
+    args.extend_from_slice(extra);
+    Server::start(&[], &args)
+}
+
+/// Reads until the server closes the connection or `wait` passes; returns
+/// what arrived and whether the connection was closed.
+fn read_to_close(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, false);
+        }
+        stream.set_read_timeout(Some(left)).expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (got, false);
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+#[test]
+fn http_header_timeout_answers_408_and_closes_in_every_mode() {
+    for mode in MODES {
+        let server = start_in_mode("http", mode, &["--header-timeout", "0.5"]);
+        // A whole request is answered at once...
+        let mut whole = client(server.addr);
+        whole
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .expect("write");
+        let mut status = [0u8; 12];
+        whole.read_exact(&mut status).expect("response");
+        assert_eq!(&status, b"HTTP/1.1 200", "{mode:?}: a whole request");
+        // ...an incomplete head gets 408 once the header timeout passes.
+        let mut slow = client(server.addr);
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: te")
+            .expect("write");
+        let sent = Instant::now();
+        let (got, closed) = read_to_close(&mut slow, Duration::from_secs(5));
+        let waited = sent.elapsed();
+        let response = String::from_utf8_lossy(&got);
+        assert!(
+            closed,
+            "{mode:?}: not closed within 5 s of an incomplete head; got {response:?}"
+        );
+        assert!(
+            response.starts_with("HTTP/1.1 408"),
+            "{mode:?}: answer to an incomplete head: {response:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(400),
+            "{mode:?}: 408 after {waited:?}, before the 0.5 s header timeout"
+        );
+    }
+}
+
+/// Runs `netloop` expecting it to refuse its options and exit at once,
+/// naming every one of `names` on stderr; says what went wrong otherwise.
+fn refused(args: &[&str], names: &[&str]) -> Result<(), String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netloop"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netloop");
+    // A refusal comes before anything starts; a server that starts anyway
+    // is killed after this.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "netloop {args:?} kept running instead of refusing its options"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout).expect("stdout");
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr).expect("stderr");
+    }
+    if status.success() {
+        return Err(format!("netloop {args:?} exited 0: {stdout}{stderr}"));
+    }
+    if stdout.contains("listening on") {
+        return Err(format!(
+            "netloop {args:?} started listening before refusing: {stdout}"
+        ));
+    }
+    match names.iter().find(|name| !stderr.contains(*name)) {
+        Some(name) => Err(format!(
+            "netloop {args:?}: stderr does not name {name:?}: {stderr:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn options_a_mode_cannot_honour_are_refused_at_start() {
+    let failures: Vec<String> = [
+        (
+            &["echo", "--mode", "oneshot", "--trigger", "level"][..],
+            &["--trigger level", "--mode oneshot"][..],
+        ),
+        (
+            &["echo", "--mode", "acceptor", "--exclusive"][..],
+            &["--exclusive"][..],
+        ),
+        (&["chat", "--mode", "oneshot"][..], &["--mode oneshot"][..]),
+    ]
+    .into_iter()
+    .filter_map(|(args, names)| {
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--addr", "127.0.0.1:0", "--threads", "2"]);
+        refused(&args, names).err()
+    })
+    .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn echo_oneshot_idle_timeout_closes_a_silent_client_and_spares_an_active_one() {
+    let server = start_in_mode("echo", &["--mode", "oneshot"], &["--idle-timeout", "0.3"]);
+    let mut silent = client(server.addr);
+    let mut active = client(server.addr);
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_millis(900) {
+        assert!(echoes(&mut active, b"tick"), "the active client is served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (got, closed) = read_to_close(&mut silent, Duration::from_secs(3));
+    assert!(
+        closed,
+        "the silent client was not closed by the idle timeout"
+    );
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        echoes(&mut active, b"still here"),
+        "the active client outlived the idle timeout"
+    );
+}
+
+#[test]
+fn echo_oneshot_honours_max_connections_and_pool_full() {
+    let oneshot = &["--mode", "oneshot"][..];
+    // --pool-full close (the default): the connection beyond the pool is closed.
+    let server = start_in_mode("echo", oneshot, &["--max-connections", "1"]);
+    let mut first = client(server.addr);
+    assert!(echoes(&mut first, b"1"));
+    let mut over = client(server.addr);
+    let _ = over.write_all(b"2");
+    let (got, closed) = read_to_close(&mut over, Duration::from_secs(3));
+    assert!(
+        got.is_empty() && closed,
+        "the connection beyond --max-connections 1 was not closed ({got:?}, closed: {closed})"
+    );
+    drop(server);
+
+    // --pool-full backlog: it waits until the first one leaves.
+    let server = start_in_mode(
+        "echo",
+        oneshot,
+        &["--max-connections", "1", "--pool-full", "backlog"],
+    );
+    let mut first = client(server.addr);
+    assert!(echoes(&mut first, b"1"));
+    let mut waiting = client(server.addr);
+    waiting.write_all(b"2").expect("write");
+    assert_eq!(
+        read_to_close(&mut waiting, Duration::from_millis(300)),
+        (Vec::new(), false),
+        "the connection beyond the pool waits in the backlog, neither served nor closed"
+    );
+    drop(first);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = [0u8; 1];
+    waiting
+        .read_exact(&mut got)
+        .expect("served once a slot freed");
+    assert_eq!(&got, b"2");
 }
