@@ -6,6 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::close_reason::CloseReason;
 use crate::config::PoolFullPolicy;
@@ -19,6 +20,9 @@ use crate::slots::Slots;
 use crate::sys::epoll::{EXCLUSIVE, ONESHOT, READABLE};
 use crate::sys::socket::{self, ListenOptions};
 use crate::timer::TimerKind;
+
+/// How often an acceptor whose loops are all full looks for room again.
+const ROOM_CHECK: Duration = Duration::from_millis(5);
 
 /// What to do after an accept error.
 enum AfterAcceptError {
@@ -111,10 +115,11 @@ impl<H: Handler> EventLoop<H> {
             if !self.core.accepting() {
                 break;
             }
-            if self.core.conns.is_full()
-                && self.core.config.pool_full == PoolFullPolicy::LeaveInBacklog
-            {
+            if self.core.config.pool_full == PoolFullPolicy::LeaveInBacklog && self.is_full() {
                 self.core.wait_for_slot();
+                if self.handoff.is_some() {
+                    self.check_for_room();
+                }
                 waiting_for_slot = true;
                 break;
             }
@@ -139,7 +144,7 @@ impl<H: Handler> EventLoop<H> {
         }
         if let Some(handoff) = self.handoff.as_mut() {
             self.core.stats.accepted += 1;
-            handoff(stream, peer);
+            handoff.hand_off(stream, peer);
             return;
         }
         if self.core.conns.is_full() {
@@ -149,6 +154,26 @@ impl<H: Handler> EventLoop<H> {
         }
         if let Err(e) = self.open_connection(stream, peer) {
             tracing::warn!(error = %e, "cannot register accepted connection");
+        }
+    }
+
+    /// Whether a new connection has nowhere to go: this loop's pool is full
+    /// or, for an acceptor, every loop it hands to is.
+    fn is_full(&self) -> bool {
+        match &self.handoff {
+            Some(handoff) => !handoff.has_room(),
+            None => self.core.conns.is_full(),
+        }
+    }
+
+    /// An acceptor waiting for room: the loops it hands to free slots on
+    /// their own threads, so it looks again shortly.
+    pub(crate) fn check_for_room(&mut self) {
+        if self.is_full() {
+            let deadline = self.core.clock.after(ROOM_CHECK);
+            self.core.timers.insert(deadline, TimerKind::RoomCheck);
+        } else {
+            self.core.slot_freed();
         }
     }
 

@@ -10,7 +10,7 @@ use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::error::Error;
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, Handoff};
 use crate::handle::LoopHandle;
 use crate::handler::Handler;
 use crate::loop_thread::{Health, LoopThread, spawn_loop};
@@ -53,14 +53,14 @@ pub(crate) fn spawn_acceptor<S: 'static>(
     targets: &[LoopHandle<S>],
     health: Arc<Health>,
 ) -> Result<(LoopHandle<()>, LoopThread, SocketAddr), Error> {
-    let mut distributor = Distributor::new(targets.to_vec(), dispatch);
+    let distributor = Distributor::new(targets.to_vec(), dispatch);
     let config = Config {
         max_connections: 1,
         ..loop_config.clone()
     };
     let build = move || {
         let mut event_loop = EventLoop::new(config, AcceptOnly)?;
-        event_loop.handoff = Some(Box::new(move |fd, peer| distributor.hand_off(fd, peer)));
+        event_loop.handoff = Some(Box::new(distributor));
         let bound = event_loop.listen(addr)?;
         Ok((event_loop, Some(bound)))
     };
@@ -78,6 +78,16 @@ struct Distributor<S> {
     next: usize,
 }
 
+impl<S: 'static> Handoff for Distributor<S> {
+    fn has_room(&self) -> bool {
+        self.targets.iter().any(LoopHandle::has_room)
+    }
+
+    fn hand_off(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
+        Distributor::hand_off(self, fd, peer);
+    }
+}
+
 impl<S> Distributor<S> {
     fn new(targets: Vec<LoopHandle<S>>, dispatch: Dispatch) -> Self {
         Self {
@@ -87,15 +97,27 @@ impl<S> Distributor<S> {
         }
     }
 
+    /// The next loop in turn, skipping full ones (all full: the next in turn,
+    /// whose pool policy then decides).
+    fn next_with_room(&mut self) -> usize {
+        let count = self.targets.len();
+        for step in 1..=count {
+            let index = (self.next + step) % count;
+            if self.targets[index].has_room() {
+                self.next = index;
+                return index;
+            }
+        }
+        self.next = (self.next + 1) % count;
+        self.next
+    }
+
     fn hand_off(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
         if self.targets.is_empty() {
             return;
         }
         let index = match &self.dispatch {
-            Dispatch::RoundRobin => {
-                self.next = (self.next + 1) % self.targets.len();
-                self.next
-            }
+            Dispatch::RoundRobin => self.next_with_room(),
             Dispatch::Hash(hash) => hash(peer) % self.targets.len(),
         };
         if let Err(e) = self.targets[index].adopt_fd(fd, peer) {

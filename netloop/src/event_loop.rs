@@ -29,7 +29,13 @@ use crate::token::{ConnId, EXIT_INDEX, RESERVED_INDEX_BASE, WAKER_INDEX};
 use crate::waker::Mailbox;
 
 /// Where an acceptor loop sends the connections it accepts.
-pub(crate) type Handoff = Box<dyn FnMut(OwnedFd, Option<SocketAddr>) + Send>;
+pub(crate) trait Handoff: Send {
+    /// Whether some loop can take a connection now.
+    fn has_room(&self) -> bool;
+
+    /// Gives `fd` to a loop.
+    fn hand_off(&mut self, fd: OwnedFd, peer: Option<SocketAddr>);
+}
 
 /// What a loop is made of besides its config and handler.
 pub(crate) struct LoopParts<S> {
@@ -46,7 +52,7 @@ pub struct EventLoop<H: Handler> {
     pub(crate) core: Core<H::State>,
     pub(crate) handler: H,
     events: Events,
-    pub(crate) handoff: Option<Handoff>,
+    pub(crate) handoff: Option<Box<dyn Handoff>>,
     mailbox: Arc<Mailbox<Command<H::State>>>,
     commands: Vec<Command<H::State>>,
     /// Commands whose connection another one-shot worker was serving.

@@ -92,6 +92,11 @@ impl<S> LoopHandle<S> {
         self.occupants.is_open(id)
     }
 
+    /// Whether the loop's pool has a free slot now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.occupants.has_room()
+    }
+
     /// Whether the loop has finished (stopped, or died).
     pub fn is_stopped(&self) -> bool {
         self.mailbox.is_closed()

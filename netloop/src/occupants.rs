@@ -2,7 +2,7 @@
 //! that a handle on another thread can refuse a stale `ConnId` at once
 //! instead of having its bytes silently dropped later.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::token::ConnId;
 
@@ -11,12 +11,14 @@ const FREE: u64 = u64::MAX;
 
 pub(crate) struct Occupants {
     slots: Box<[AtomicU64]>,
+    open: AtomicUsize,
 }
 
 impl Occupants {
     pub(crate) fn new(slots: usize) -> Self {
         Self {
             slots: (0..slots).map(|_| AtomicU64::new(FREE)).collect(),
+            open: AtomicUsize::new(0),
         }
     }
 
@@ -24,6 +26,7 @@ impl Occupants {
     pub(crate) fn publish_open(&self, id: ConnId) {
         if let Some(slot) = self.slots.get(id.index() as usize) {
             slot.store(id.to_u64(), Ordering::Release);
+            self.open.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -31,7 +34,13 @@ impl Occupants {
     pub(crate) fn publish_close(&self, id: ConnId) {
         if let Some(slot) = self.slots.get(id.index() as usize) {
             slot.store(FREE, Ordering::Release);
+            self.open.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Whether another connection fits (read by an acceptor on another thread).
+    pub(crate) fn has_room(&self) -> bool {
+        self.open.load(Ordering::Acquire) < self.slots.len()
     }
 
     pub(crate) fn is_open(&self, id: ConnId) -> bool {

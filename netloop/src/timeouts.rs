@@ -46,6 +46,7 @@ impl<H: Handler> EventLoop<H> {
                 }
             }
             TimerKind::AcceptResume => self.core.resume_accepting(),
+            TimerKind::RoomCheck => self.check_for_room(),
             TimerKind::StopDeadline => self.stop_deadline_passed(),
         }
     }

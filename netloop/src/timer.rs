@@ -49,6 +49,8 @@ pub(crate) enum TimerKind {
     CloseDeadline(ConnId),
     /// Resume accepting after a pause (EMFILE and friends).
     AcceptResume,
+    /// An acceptor whose loops were all full looks for room again.
+    RoomCheck,
     /// The graceful-stop deadline: close whatever is still open.
     StopDeadline,
 }
@@ -61,7 +63,7 @@ impl TimerKind {
             | TimerKind::User { conn: id, .. }
             | TimerKind::ConnectTimeout(id)
             | TimerKind::CloseDeadline(id) => Some(id),
-            TimerKind::AcceptResume | TimerKind::StopDeadline => None,
+            TimerKind::AcceptResume | TimerKind::RoomCheck | TimerKind::StopDeadline => None,
         }
     }
 }
