@@ -147,12 +147,22 @@ impl<S> Core<S> {
         if wanted == conn.interest {
             return;
         }
-        let fd = conn.fd.as_raw_fd();
+        let (fd, token, registered) = (conn.fd.as_raw_fd(), id.to_u64(), conn.interest != 0);
         if let Some(conn) = self.conns.get_mut(id) {
             conn.interest = wanted;
         }
-        if let Err(e) = self.epoll.modify(fd, id.to_u64(), wanted) {
-            tracing::warn!(%id, error = %e, "epoll_ctl(MOD) failed");
+        // Waiting for nothing, the socket leaves epoll altogether: HUP and
+        // ERR are reported whatever the interest, and a level-triggered
+        // report of either would wake the loop on every wait while reading
+        // is held with nothing to write.
+        let changed = match (registered, wanted != 0) {
+            (true, true) => self.epoll.modify(fd, token, wanted),
+            (true, false) => self.epoll.delete(fd),
+            (false, true) => self.epoll.add(fd, token, wanted),
+            (false, false) => Ok(()),
+        };
+        if let Err(e) = changed {
+            tracing::warn!(%id, error = %e, "epoll_ctl failed");
             self.request_close(id, CloseReason::Reset, CloseMode::Now);
         }
     }

@@ -37,6 +37,12 @@ pub(crate) trait Handoff: Send {
     fn hand_off(&mut self, fd: OwnedFd, peer: Option<SocketAddr>);
 }
 
+/// Whether the socket has an error pending (`SO_ERROR`), which reading it
+/// also clears.
+fn has_socket_error<S>(conn: &Connection<S>) -> bool {
+    !matches!(crate::sys::socket::take_error(&conn.fd), Ok(None))
+}
+
 /// What a loop is made of besides its config and handler.
 pub(crate) struct LoopParts<S> {
     pub(crate) registration: Registration,
@@ -282,6 +288,15 @@ impl<H: Handler> EventLoop<H> {
             .is_some_and(Connection::is_connecting)
             && !self.finish_connect(id, bits)
         {
+            return;
+        }
+        if bits & ERROR != 0 && self.core.conns.get(id).is_some_and(has_socket_error) {
+            // A pending socket error (a reset, mostly) ends the connection
+            // now, whatever it waits for; left alone, it would be reported
+            // again on every wait while reading is held.
+            self.core
+                .request_close(id, CloseReason::Reset, CloseMode::Now);
+            self.drain_closes();
             return;
         }
         // ERR and HUP count as both directions, as in nginx.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::connection::Connection;
-use crate::sys::epoll::Epoll;
+use crate::sys::epoll::{Epoll, READABLE, WRITABLE};
 use crate::sys::eventfd::EventFd;
 use crate::token::{ConnId, RESERVED_INDEX_BASE};
 
@@ -283,14 +283,18 @@ impl<S> Checkout<S> {
             let mut entry = lock(&self.slab.entries[out.id.index() as usize]);
             let fd = out.conn.fd.as_raw_fd();
             let token = out.id.to_u64();
-            let armed = if out.registered {
-                epoll.modify(fd, token, interest)
-            } else {
-                epoll.add(fd, token, interest)
+            // Waiting for nothing (reading held, nothing to write), it stays
+            // disarmed: armed, a HUP or ERR would be reported at once, again
+            // and again. Whoever releases it checks it out and in again.
+            let waits = interest & (READABLE | WRITABLE) != 0;
+            let armed = match (out.registered, waits) {
+                (true, true) => epoll.modify(fd, token, interest).map(|()| 1),
+                (true, false) => Ok(0),
+                (false, _) => epoll.add(fd, token, interest).map(|()| 0),
             };
             match armed {
-                Ok(()) => {
-                    rearmed += u64::from(out.registered);
+                Ok(count) => {
+                    rearmed += count;
                     entry.held = Held::Parked(out.conn);
                 }
                 Err(e) => {
