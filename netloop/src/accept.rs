@@ -327,6 +327,13 @@ impl<S> Core<S> {
     /// attempts fail at once instead of waiting in a backlog nobody serves.
     pub(crate) fn close_listeners(&mut self) {
         self.sync_listeners();
+        if self.registration == Registration::OneShot {
+            // The workers share it, and the others may only drop their
+            // copies much later: stop it listening now.
+            for listener in &self.listeners.list {
+                let _ = socket::shutdown(&*listener.socket, std::net::Shutdown::Read);
+            }
+        }
         self.listeners.list.clear();
     }
 }

@@ -10,11 +10,12 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    pub(crate) fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            now_ns: 0,
-        }
+    /// A clock counting from `origin` (one-shot workers share theirs, so
+    /// that times one worker records mean the same to another).
+    pub(crate) fn starting_at(origin: Instant) -> Self {
+        let mut clock = Self { origin, now_ns: 0 };
+        clock.refresh();
+        clock
     }
 
     pub(crate) fn refresh(&mut self) {

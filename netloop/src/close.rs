@@ -9,7 +9,6 @@ use crate::connection::{Phase, WriteSide};
 use crate::core::{CloseMode, CloseRequest, Core};
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
-use crate::slots::Slots;
 use crate::timer::TimerKind;
 use crate::token::ConnId;
 
@@ -101,10 +100,10 @@ impl<S> Core<S> {
         self.close_listeners();
         let deadline = self.clock.after(self.config.stop_timeout);
         self.timers.insert(deadline, TimerKind::StopDeadline);
-        if let Slots::Shared(checkout) = &self.conns {
+        if let Some(slab) = self.conns.shared_slab() {
             // Before the sweep, so the other workers know what holds their
             // connections for a moment.
-            checkout.slab().begin_stop();
+            slab.begin_stop();
         }
         for id in self.conns.acquire_all() {
             self.stop_conn(id);
@@ -113,15 +112,17 @@ impl<S> Core<S> {
 
     /// One-shot: a worker that learns another began the pool's stop takes
     /// part in it (its own listener copy, deadline, and the connections it
-    /// finds parked).
-    pub(crate) fn follow_shared_stop(&mut self) {
-        let stopping = match &self.conns {
-            Slots::Shared(checkout) => checkout.slab().is_stopping(),
-            Slots::Owned(_) => false,
-        };
-        if stopping {
+    /// finds parked). Returns whether it did so now.
+    pub(crate) fn follow_shared_stop(&mut self) -> bool {
+        let stopping = self
+            .conns
+            .shared_slab()
+            .is_some_and(|slab| slab.is_stopping());
+        if stopping && !self.stopping {
             self.begin_stop();
+            return true;
         }
+        false
     }
 
     fn stop_conn(&mut self, id: ConnId) {

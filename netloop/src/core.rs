@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::buffer::BufferPool;
 use crate::clock::Clock;
@@ -73,6 +73,7 @@ impl<S> Core<S> {
         conns: Slots<S>,
         occupants: Arc<Occupants>,
         timers: Timers,
+        parts_origin: Instant,
     ) -> Self {
         Self {
             buffers: BufferPool::new(config.buffer_size, config.spare_buffers),
@@ -87,7 +88,7 @@ impl<S> Core<S> {
             close_requests: Vec::new(),
             listeners: Listeners::default(),
             rdhup: crate::connection::rdhup_supported(),
-            clock: Clock::new(),
+            clock: Clock::starting_at(parts_origin),
             occupants,
             stopping: false,
             config,
@@ -106,13 +107,19 @@ impl<S> Core<S> {
     }
 
     /// How long the next `epoll_wait` may block.
-    pub(crate) fn wait_timeout(&self, max_wait: Option<Duration>) -> Option<Duration> {
+    /// `retrying`: the caller has work that found its connection busy with
+    /// another one-shot worker, to retry soon.
+    pub(crate) fn wait_timeout(
+        &self,
+        max_wait: Option<Duration>,
+        retrying: bool,
+    ) -> Option<Duration> {
         if !self.posted.is_empty() || !self.flush_list.is_empty() {
             return Some(Duration::ZERO);
         }
         // Work that found its connection busy with another worker is
         // retried soon.
-        let max_wait = if self.timers.has_postponed() {
+        let max_wait = if retrying || self.timers.has_postponed() {
             Some(max_wait.map_or(RETRY_BUSY, |m| m.min(RETRY_BUSY)))
         } else {
             max_wait
@@ -210,11 +217,11 @@ impl<S> Core<S> {
     /// During a stop, whose sweep holds every connection for a moment, that
     /// is expected and not counted.
     pub(crate) fn count_contention(&mut self) {
-        let stopping = match &self.conns {
-            Slots::Shared(checkout) => checkout.slab().is_stopping(),
-            Slots::Owned(_) => false,
-        };
-        if !stopping {
+        if !self
+            .conns
+            .shared_slab()
+            .is_some_and(|slab| slab.is_stopping())
+        {
             self.stats.oneshot_contention += 1;
         }
     }

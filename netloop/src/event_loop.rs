@@ -7,14 +7,14 @@
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::callback::guarded;
 use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::connection::{Connection, Origin};
-use crate::core::{CloseMode, Core, RETRY_BUSY};
+use crate::core::{CloseMode, Core};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::handle::{Command, LoopHandle};
@@ -51,6 +51,8 @@ pub(crate) struct LoopParts<S> {
     pub(crate) occupants: Arc<Occupants>,
     pub(crate) mailbox: Arc<Mailbox<Command<S>>>,
     pub(crate) timers: Timers,
+    /// Where the loop's clock counts from.
+    pub(crate) clock_origin: Instant,
 }
 
 /// One event loop with its handler.
@@ -83,6 +85,7 @@ impl<H: Handler> EventLoop<H> {
             occupants: Arc::new(Occupants::new(config.max_connections)),
             mailbox,
             timers: Timers::default(),
+            clock_origin: Instant::now(),
         };
         Ok(Self::with_parts(config, handler, parts))
     }
@@ -98,9 +101,18 @@ impl<H: Handler> EventLoop<H> {
             occupants,
             mailbox,
             timers,
+            clock_origin,
         } = parts;
         Self {
-            core: Core::new(config, registration, epoll, slots, occupants, timers),
+            core: Core::new(
+                config,
+                registration,
+                epoll,
+                slots,
+                occupants,
+                timers,
+                clock_origin,
+            ),
             handler,
             events,
             handoff: None,
@@ -187,13 +199,14 @@ impl<H: Handler> EventLoop<H> {
     /// Runs one turn, waiting at most `max_wait` (and less if a timer is due).
     pub fn turn(&mut self, max_wait: Option<Duration>) -> Result<(), Error> {
         self.start_once();
-        self.core.follow_shared_stop();
-        let max_wait = if self.retried.is_empty() {
-            max_wait
-        } else {
-            Some(max_wait.map_or(RETRY_BUSY, |m| m.min(RETRY_BUSY)))
-        };
-        let timeout = self.core.wait_timeout(max_wait);
+        if self.core.follow_shared_stop() {
+            // The sweep held connections and may have asked for closes; a
+            // worker must not wait holding them.
+            self.drain_closes();
+            self.flush_all();
+            self.check_in();
+        }
+        let timeout = self.core.wait_timeout(max_wait, !self.retried.is_empty());
         // Taken out while dispatching borrows `self`; the placeholder holds no memory.
         let mut events = std::mem::take(&mut self.events);
         let waited = self.core.epoll.wait(&mut events, timeout);
@@ -239,25 +252,30 @@ impl<H: Handler> EventLoop<H> {
     /// shared slab, re-armed for what it waits for.
     fn check_in(&mut self) {
         let registration = self.core.registration;
-        let Slots::Shared(checkout) = &mut self.core.conns else {
-            return;
-        };
-        let (rearmed, failed) =
-            checkout.check_in_all(&self.core.epoll, |conn| registration.interest_of(conn));
-        self.core.stats.rearms += rearmed;
-        if failed.is_empty() {
-            return;
+        // Closing what failed to re-arm runs `on_close`, which may reach
+        // (check out) other connections: hand back until nothing is held.
+        loop {
+            let Slots::Shared(checkout) = &mut self.core.conns else {
+                return;
+            };
+            let (rearmed, failed) =
+                checkout.check_in_all(&self.core.epoll, |conn| registration.interest_of(conn));
+            self.core.stats.rearms += rearmed;
+            if failed.is_empty() {
+                return;
+            }
+            let mut ids = Vec::with_capacity(failed.len());
+            for (id, conn) in failed {
+                checkout.hold_again(id, conn);
+                ids.push(id);
+            }
+            for id in ids {
+                self.core
+                    .request_close(id, CloseReason::Reset, CloseMode::Now);
+            }
+            self.drain_closes();
+            self.flush_all();
         }
-        let mut ids = Vec::with_capacity(failed.len());
-        for (id, conn) in failed {
-            checkout.hold_again(id, conn);
-            ids.push(id);
-        }
-        for id in ids {
-            self.core
-                .request_close(id, CloseReason::Reset, CloseMode::Now);
-        }
-        self.drain_closes();
     }
 
     pub(crate) fn dispatch(&mut self, event: Event) {

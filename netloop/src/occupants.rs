@@ -33,7 +33,9 @@ impl Occupants {
     /// Records that `id` has left its slot.
     pub(crate) fn publish_close(&self, id: ConnId) {
         if let Some(slot) = self.slots.get(id.index() as usize) {
-            slot.store(FREE, Ordering::Release);
+            // Only if `id` is still the one recorded: a one-shot worker may
+            // have placed a new connection in the freed slot meanwhile.
+            let _ = slot.compare_exchange(id.to_u64(), FREE, Ordering::AcqRel, Ordering::Acquire);
             self.open.fetch_sub(1, Ordering::AcqRel);
         }
     }

@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -38,6 +39,7 @@ struct Pool<S> {
     mailbox: Arc<Mailbox<Command<S>>>,
     tombstones: Tombstones,
     listener: Arc<std::net::TcpListener>,
+    clock_origin: Instant,
 }
 
 impl<S> Pool<S> {
@@ -68,6 +70,7 @@ impl<S> Pool<S> {
             mailbox: Arc::new(mailbox),
             tombstones: Tombstones::default(),
             listener: Arc::new(listener),
+            clock_origin: Instant::now(),
         })
     }
 
@@ -79,6 +82,7 @@ impl<S> Pool<S> {
             occupants: Arc::clone(&self.occupants),
             mailbox: Arc::clone(&self.mailbox),
             timers: Timers::shared_with(Arc::clone(&self.tombstones)),
+            clock_origin: self.clock_origin,
         }
     }
 }

@@ -99,7 +99,7 @@ impl<S> SharedSlab<S> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.open.load(Ordering::SeqCst)
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -115,13 +115,18 @@ impl<S> SharedSlab<S> {
         self.stopping.load(Ordering::Acquire)
     }
 
+    // The flag and the count form a handshake between a worker that finds
+    // the pool full (sets the flag, then reads the count) and one that frees
+    // a slot (lowers the count, then takes the flag): sequentially
+    // consistent, so that at least one of the two sees the other's write.
+
     pub(crate) fn set_listener_waiting(&self) {
-        self.listener_waits_for_slot.store(true, Ordering::Release);
+        self.listener_waits_for_slot.store(true, Ordering::SeqCst);
     }
 
     /// Whether the listener waited for a slot; whoever learns it re-arms.
     pub(crate) fn take_listener_waiting(&self) -> bool {
-        self.listener_waits_for_slot.swap(false, Ordering::AcqRel)
+        self.listener_waits_for_slot.swap(false, Ordering::SeqCst)
     }
 
     fn allocate(&self) -> Option<u32> {
@@ -262,7 +267,7 @@ impl<S> Checkout<S> {
         entry.held = Held::Free;
         drop(entry);
         lock(&self.slab.free).push(id.index());
-        self.slab.open.fetch_sub(1, Ordering::AcqRel);
+        self.slab.open.fetch_sub(1, Ordering::SeqCst);
         self.slab.signal_if_stopped();
         Some(out.conn)
     }

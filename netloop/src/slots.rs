@@ -7,7 +7,7 @@
 use crate::connection::Connection;
 use crate::pool::Pool;
 pub(crate) use crate::shared::Acquire;
-use crate::shared::Checkout;
+use crate::shared::{Checkout, SharedSlab};
 use crate::token::ConnId;
 
 pub(crate) enum Slots<S> {
@@ -106,6 +106,14 @@ impl<S> Slots<S> {
         match self {
             Slots::Owned(pool) => pool.ids(),
             Slots::Shared(checkout) => checkout.ids(),
+        }
+    }
+
+    /// The slab one-shot workers share, for a one-shot worker.
+    pub(crate) fn shared_slab(&self) -> Option<&SharedSlab<S>> {
+        match self {
+            Slots::Owned(_) => None,
+            Slots::Shared(checkout) => Some(checkout.slab()),
         }
     }
 
