@@ -70,7 +70,9 @@ impl<'a, S> Ctx<'a, S> {
         self.core.connect(addr, state)
     }
 
-    /// Disarms a timer; returns whether it was still armed.
+    /// Disarms a timer; returns whether it was still armed. (In the one-shot
+    /// mode a timer another worker armed is disarmed by that worker before
+    /// it could fire, and `false` is returned.)
     pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
         self.core.timers.cancel(timer)
     }
@@ -203,7 +205,9 @@ impl<'a, S> ConnRef<'a, S> {
     }
 
     /// Undoes [`pause_reading`](Self::pause_reading). Data that arrived
-    /// meanwhile is read in this turn, without waiting for a new event.
+    /// meanwhile is read without waiting for new data (edge-triggered: in
+    /// this turn; level-triggered and one-shot: at the next wait, which
+    /// reports it at once).
     /// Reading stays held while the connection's own output is full.
     pub fn resume_reading(&mut self) {
         self.ctx.core.release_reading(self.id, Hold::Handler);

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::Config;
@@ -27,7 +27,7 @@ use crate::shared::{Checkout, SharedSlab};
 use crate::slots::Slots;
 use crate::sys::epoll::{EDGE, Epoll, ONESHOT, READABLE};
 use crate::sys::socket::{self, ListenOptions};
-use crate::timer::{Timers, Tombstones};
+use crate::timer::{CancelBoxes, Timers};
 use crate::token::{ConnId, EXIT_INDEX, WAKER_INDEX};
 use crate::waker::Mailbox;
 
@@ -37,13 +37,13 @@ struct Pool<S> {
     slab: Arc<SharedSlab<S>>,
     occupants: Arc<Occupants>,
     mailbox: Arc<Mailbox<Command<S>>>,
-    tombstones: Tombstones,
+    cancel_boxes: CancelBoxes,
     listener: Arc<std::net::TcpListener>,
     clock_origin: Instant,
 }
 
 impl<S> Pool<S> {
-    fn new(addr: SocketAddr, config: &Config) -> Result<Self, Error> {
+    fn new(addr: SocketAddr, config: &Config, threads: usize) -> Result<Self, Error> {
         let listener = socket::listen(addr, ListenOptions::default())
             .map_err(|source| Error::Listen { addr, source })?;
         let epoll = Epoll::new()?;
@@ -68,20 +68,20 @@ impl<S> Pool<S> {
             slab: Arc::new(slab),
             occupants: Arc::new(Occupants::new(config.max_connections)),
             mailbox: Arc::new(mailbox),
-            tombstones: Tombstones::default(),
+            cancel_boxes: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
             listener: Arc::new(listener),
             clock_origin: Instant::now(),
         })
     }
 
-    fn parts(&self) -> LoopParts<S> {
+    fn parts(&self, index: usize) -> LoopParts<S> {
         LoopParts {
             registration: Registration::OneShot,
             epoll: Arc::clone(&self.epoll),
             slots: Slots::Shared(Checkout::new(Arc::clone(&self.slab))),
             occupants: Arc::clone(&self.occupants),
             mailbox: Arc::clone(&self.mailbox),
-            timers: Timers::shared_with(Arc::clone(&self.tombstones)),
+            timers: Timers::of_worker(index as u32, Arc::clone(&self.cancel_boxes)),
             clock_origin: self.clock_origin,
         }
     }
@@ -107,7 +107,7 @@ where
     H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
-    let pool = Arc::new(Pool::<H::State>::new(addr, config)?);
+    let pool = Arc::new(Pool::<H::State>::new(addr, config, threads)?);
     // One event per wait: a worker takes one ready connection, serves it and
     // hands it back before it takes another, so a slow handler holds up its
     // own connection only and the other workers take the rest.
@@ -123,7 +123,7 @@ where
         let make_handler = Arc::clone(&make_handler);
         let config = config.clone();
         let build = move || {
-            let mut worker = EventLoop::with_parts(config, make_handler(index), pool.parts());
+            let mut worker = EventLoop::with_parts(config, make_handler(index), pool.parts(index));
             let listener = Arc::clone(&pool.listener);
             worker.add_listener_with(listener, READABLE | ONESHOT)?;
             Ok((worker, None))

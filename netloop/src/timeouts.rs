@@ -12,6 +12,7 @@ use crate::token::ConnId;
 
 impl<H: Handler> EventLoop<H> {
     pub(crate) fn expire_timers(&mut self) {
+        self.core.timers.apply_cancels();
         for (timer, kind) in self.core.timers.take_postponed() {
             self.on_timer_expired(timer, kind);
         }

@@ -6,12 +6,12 @@
 //! red-black tree for the same reason).
 //!
 //! One-shot workers each keep their own timers, while a connection moves
-//! from worker to worker. So timer sequence numbers are unique across the
-//! process, a timer cancelled by a worker that does not hold it is
-//! remembered in a set the workers share until its holder meets it, and a
-//! timer whose connection another worker is serving waits a turn.
+//! from worker to worker. So a timer id names the worker that armed it, a
+//! worker cancelling another's timer leaves the id in that worker's cancel
+//! box (emptied at the start of its next expiry pass), and a timer whose
+//! connection another worker is serving waits a turn.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -23,6 +23,8 @@ use crate::token::ConnId;
 pub struct TimerId {
     deadline_ns: u64,
     sequence: u64,
+    /// The one-shot worker whose timers hold it (0 for a loop of its own).
+    wheel: u32,
 }
 
 impl TimerId {
@@ -30,6 +32,7 @@ impl TimerId {
     pub(crate) const UNARMED: TimerId = TimerId {
         deadline_ns: u64::MAX,
         sequence: u64::MAX,
+        wheel: u32::MAX,
     };
 }
 
@@ -68,8 +71,9 @@ impl TimerKind {
     }
 }
 
-/// Timers cancelled by a one-shot worker that did not hold them.
-pub(crate) type Tombstones = Arc<Mutex<HashSet<TimerId>>>;
+/// One cancel box per one-shot worker: ids of its timers that other
+/// workers cancelled.
+pub(crate) type CancelBoxes = Arc<[Mutex<Vec<TimerId>>]>;
 
 /// The loop's timers.
 #[derive(Default)]
@@ -77,14 +81,17 @@ pub(crate) struct Timers {
     armed: BTreeMap<TimerId, TimerKind>,
     /// Expired while their connection was busy elsewhere: retried next turn.
     postponed: Vec<(TimerId, TimerKind)>,
-    tombstones: Option<Tombstones>,
+    wheel: u32,
+    cancel_boxes: Option<CancelBoxes>,
 }
 
 impl Timers {
-    /// Timers of one one-shot worker, sharing `tombstones` with the others.
-    pub(crate) fn shared_with(tombstones: Tombstones) -> Self {
+    /// The timers of one-shot worker `wheel`, which shares `cancel_boxes`
+    /// with the others.
+    pub(crate) fn of_worker(wheel: u32, cancel_boxes: CancelBoxes) -> Self {
         Self {
-            tombstones: Some(tombstones),
+            wheel,
+            cancel_boxes: Some(cancel_boxes),
             ..Self::default()
         }
     }
@@ -94,13 +101,30 @@ impl Timers {
         let id = TimerId {
             deadline_ns,
             sequence: NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed),
+            wheel: self.wheel,
         };
         self.armed.insert(id, kind);
         id
     }
 
-    /// Disarms a timer; returns whether it was still armed here.
+    /// Disarms a timer; returns whether it was still armed. A one-shot
+    /// worker's timer cancelled by another worker is disarmed by its own
+    /// worker before that one's next expiry pass (and `false` is returned).
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
+        if id.wheel == self.wheel {
+            return self.disarm(id);
+        }
+        let target = self
+            .cancel_boxes
+            .as_ref()
+            .and_then(|boxes| boxes.get(id.wheel as usize));
+        if let Some(cancels) = target {
+            lock(cancels).push(id);
+        }
+        false
+    }
+
+    fn disarm(&mut self, id: TimerId) -> bool {
         if self.armed.remove(&id).is_some() {
             return true;
         }
@@ -108,12 +132,22 @@ impl Timers {
             self.postponed.swap_remove(i);
             return true;
         }
-        if id != TimerId::UNARMED
-            && let Some(tombstones) = &self.tombstones
-        {
-            lock(tombstones).insert(id);
-        }
         false
+    }
+
+    /// Disarms the timers other workers cancelled (ids that already fired
+    /// are simply gone).
+    pub(crate) fn apply_cancels(&mut self) {
+        let Some(boxes) = &self.cancel_boxes else {
+            return;
+        };
+        let Some(own) = boxes.get(self.wheel as usize) else {
+            return;
+        };
+        let cancelled = std::mem::take(&mut *lock(own));
+        for id in cancelled {
+            self.disarm(id);
+        }
     }
 
     /// The earliest deadline, if any timer is armed.
@@ -138,22 +172,11 @@ impl Timers {
 
     /// Removes and returns one timer due at or before `now_ns`.
     pub(crate) fn pop_expired(&mut self, now_ns: u64) -> Option<(TimerId, TimerKind)> {
-        loop {
-            let (id, _) = self.armed.first_key_value()?;
-            if id.deadline_ns > now_ns {
-                return None;
-            }
-            let expired = self.armed.pop_first()?;
-            if !self.was_cancelled_elsewhere(expired.0) {
-                return Some(expired);
-            }
+        let (id, _) = self.armed.first_key_value()?;
+        if id.deadline_ns > now_ns {
+            return None;
         }
-    }
-
-    fn was_cancelled_elsewhere(&self, id: TimerId) -> bool {
-        self.tombstones
-            .as_ref()
-            .is_some_and(|tombstones| lock(tombstones).remove(&id))
+        self.armed.pop_first()
     }
 }
 
@@ -184,14 +207,22 @@ mod tests {
     }
 
     #[test]
-    fn a_timer_cancelled_by_another_worker_never_fires() {
-        let tombstones = Tombstones::default();
-        let mut holder = Timers::shared_with(Arc::clone(&tombstones));
-        let mut other = Timers::shared_with(tombstones);
+    fn a_timer_cancelled_by_another_worker_never_fires_and_leaves_nothing() {
+        let boxes: CancelBoxes = (0..2).map(|_| Mutex::new(Vec::new())).collect();
+        let mut holder = Timers::of_worker(0, Arc::clone(&boxes));
+        let mut other = Timers::of_worker(1, Arc::clone(&boxes));
         let cancelled = holder.insert(10, TimerKind::AcceptResume);
         let kept = holder.insert(20, TimerKind::StopDeadline);
-        assert!(!other.cancel(cancelled), "not armed in the other worker");
+        let fired = holder.insert(5, TimerKind::AcceptResume);
+        assert_eq!(holder.pop_expired(5).map(|(id, _)| id), Some(fired));
+        assert!(!other.cancel(cancelled), "armed in the other worker");
+        assert!(!other.cancel(fired), "already fired");
+        holder.apply_cancels();
         assert_eq!(holder.pop_expired(30).map(|(id, _)| id), Some(kept));
         assert_eq!(holder.pop_expired(30), None);
+        assert!(
+            boxes.iter().all(|b| lock(b).is_empty()),
+            "nothing left behind"
+        );
     }
 }
