@@ -40,10 +40,6 @@ pub(crate) struct CloseRequest {
     pub(crate) mode: CloseMode,
 }
 
-/// How soon work that found its connection busy with another one-shot
-/// worker is retried.
-pub(crate) const RETRY_BUSY: Duration = Duration::from_millis(1);
-
 pub(crate) struct Core<S> {
     pub(crate) config: Config,
     pub(crate) registration: Registration,
@@ -107,23 +103,10 @@ impl<S> Core<S> {
     }
 
     /// How long the next `epoll_wait` may block.
-    /// `retrying`: the caller has work that found its connection busy with
-    /// another one-shot worker, to retry soon.
-    pub(crate) fn wait_timeout(
-        &self,
-        max_wait: Option<Duration>,
-        retrying: bool,
-    ) -> Option<Duration> {
+    pub(crate) fn wait_timeout(&self, max_wait: Option<Duration>) -> Option<Duration> {
         if !self.posted.is_empty() || !self.flush_list.is_empty() {
             return Some(Duration::ZERO);
         }
-        // Work that found its connection busy with another worker is
-        // retried soon.
-        let max_wait = if retrying || self.timers.has_postponed() {
-            Some(max_wait.map_or(RETRY_BUSY, |m| m.min(RETRY_BUSY)))
-        } else {
-            max_wait
-        };
         let now = self.clock.elapsed_ns();
         let timer = self
             .timers

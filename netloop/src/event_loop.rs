@@ -21,6 +21,7 @@ use crate::handle::{Command, LoopHandle};
 use crate::handler::Handler;
 use crate::occupants::Occupants;
 use crate::registration::Registration;
+use crate::shared::{CheckIn, Deferred};
 use crate::slots::{Acquire, Slots};
 use crate::stats::Stats;
 use crate::sys::epoll::{ERROR, Epoll, Event, Events, HUP, READ_HUP, READABLE, WRITABLE};
@@ -63,8 +64,6 @@ pub struct EventLoop<H: Handler> {
     pub(crate) handoff: Option<Box<dyn Handoff>>,
     mailbox: Arc<Mailbox<Command<H::State>>>,
     commands: Vec<Command<H::State>>,
-    /// Commands whose connection another one-shot worker was serving.
-    retried: Vec<Command<H::State>>,
     started: bool,
 }
 
@@ -118,7 +117,6 @@ impl<H: Handler> EventLoop<H> {
             handoff: None,
             mailbox,
             commands: Vec::new(),
-            retried: Vec::new(),
             started: false,
         }
     }
@@ -206,7 +204,7 @@ impl<H: Handler> EventLoop<H> {
             self.flush_all();
             self.check_in();
         }
-        let timeout = self.core.wait_timeout(max_wait, !self.retried.is_empty());
+        let timeout = self.core.wait_timeout(max_wait);
         // Taken out while dispatching borrows `self`; the placeholder holds no memory.
         let mut events = std::mem::take(&mut self.events);
         let waited = self.core.epoll.wait(&mut events, timeout);
@@ -240,7 +238,6 @@ impl<H: Handler> EventLoop<H> {
     }
 
     pub(crate) fn finish_turn(&mut self) {
-        self.retry_commands();
         self.run_posted();
         self.expire_timers();
         self.flush_all();
@@ -252,16 +249,20 @@ impl<H: Handler> EventLoop<H> {
     /// shared slab, re-armed for what it waits for.
     fn check_in(&mut self) {
         let registration = self.core.registration;
-        // Closing what failed to re-arm runs `on_close`, which may reach
-        // (check out) other connections: hand back until nothing is held.
+        // Work other workers left, and closing what failed to re-arm (whose
+        // `on_close` may reach other connections), can leave connections
+        // held again: hand back until nothing is.
         loop {
             let Slots::Shared(checkout) = &mut self.core.conns else {
                 return;
             };
-            let (rearmed, failed) =
-                checkout.check_in_all(&self.core.epoll, |conn| registration.interest_of(conn));
+            let CheckIn {
+                rearmed,
+                failed,
+                work,
+            } = checkout.check_in_all(&self.core.epoll, |conn| registration.interest_of(conn));
             self.core.stats.rearms += rearmed;
-            if failed.is_empty() {
+            if failed.is_empty() && work.is_empty() {
                 return;
             }
             let mut ids = Vec::with_capacity(failed.len());
@@ -274,8 +275,30 @@ impl<H: Handler> EventLoop<H> {
                     .request_close(id, CloseReason::Reset, CloseMode::Now);
             }
             self.drain_closes();
+            for (id, work) in work {
+                self.do_deferred(id, work);
+            }
             self.flush_all();
+            self.notify_drained();
         }
+    }
+
+    /// Work another worker left on a connection this one holds.
+    fn do_deferred(&mut self, id: ConnId, work: Deferred) {
+        if !self.core.conns.contains(id) {
+            return;
+        }
+        match work {
+            Deferred::Write(bytes) => {
+                let _ = self.core.write(id, &bytes);
+            }
+            Deferred::Close => {
+                self.core
+                    .request_close(id, CloseReason::Closed, CloseMode::AfterOutput);
+            }
+            Deferred::Timer(timer, kind) => self.run_timer(timer, kind),
+        }
+        self.drain_closes();
     }
 
     pub(crate) fn dispatch(&mut self, event: Event) {
@@ -413,61 +436,32 @@ impl<H: Handler> EventLoop<H> {
     fn run_commands(&mut self) {
         let mut commands = std::mem::take(&mut self.commands);
         self.mailbox.take(&mut commands);
-        self.run_command_batch(commands);
-    }
-
-    /// Commands that found their connection busy with another one-shot
-    /// worker, run again.
-    fn retry_commands(&mut self) {
-        if !self.retried.is_empty() {
-            let commands = std::mem::take(&mut self.retried);
-            self.run_command_batch(commands);
-        }
-    }
-
-    fn run_command_batch(&mut self, mut commands: Vec<Command<H::State>>) {
         for command in commands.drain(..) {
             self.run_command(command);
             self.drain_closes();
         }
-        if self.commands.capacity() == 0 {
-            self.commands = commands;
-        }
+        self.commands = commands;
     }
 
     fn run_command(&mut self, command: Command<H::State>) {
-        let target = match &command {
-            Command::Write(id, _) | Command::Close(id) => Some(*id),
-            _ => None,
-        };
-        if let Some(id) = target {
-            match self.core.conns.acquire(id) {
-                Acquire::Held => {}
-                Acquire::Stale => {
-                    self.core.stats.stale_commands += 1;
-                    return;
-                }
-                Acquire::Busy => {
-                    self.retried.push(command);
-                    return;
-                }
-            }
-        }
         match command {
             Command::Stop => self.core.begin_stop(),
-            Command::Write(id, bytes) => {
-                if self.core.write(id, &bytes).is_err() {
-                    self.core.stats.stale_commands += 1;
-                }
-            }
-            Command::Close(id) => {
-                self.core
-                    .request_close(id, CloseReason::Closed, CloseMode::AfterOutput);
-            }
+            Command::Write(id, bytes) => self.on_conn_command(id, Deferred::Write(bytes)),
+            Command::Close(id) => self.on_conn_command(id, Deferred::Close),
             Command::Adopt(fd, peer) => self.adopt_fd(fd, peer),
             Command::Run(task) => self.call_with_ctx("a posted task", |_, ctx| task(ctx)),
             #[cfg(feature = "testing")]
             Command::Crash => panic!("loop crashed on purpose by a test"),
+        }
+    }
+
+    /// A command for one connection: done here, or (one-shot) left with
+    /// the worker serving it, which does it in order before letting go.
+    fn on_conn_command(&mut self, id: ConnId, work: Deferred) {
+        match self.core.conns.defer(id, work) {
+            (Acquire::Held, Some(work)) => self.do_deferred(id, work),
+            (Acquire::Busy, _) => {}
+            _ => self.core.stats.stale_commands += 1,
         }
     }
 

@@ -16,14 +16,29 @@ use std::sync::{Mutex, MutexGuard};
 use crate::connection::Connection;
 use crate::sys::epoll::{Epoll, READABLE, WRITABLE};
 use crate::sys::eventfd::EventFd;
+use crate::timer::{TimerId, TimerKind};
 use crate::token::{ConnId, RESERVED_INDEX_BASE};
 
 enum Held<S> {
     Free,
     /// Waiting for its next event, registered with epoll.
     Parked(Connection<S>),
-    /// A worker is serving it.
-    CheckedOut,
+    /// A worker is serving it; what others asked of it meanwhile waits
+    /// here, in order, for that worker to carry out before it lets go.
+    CheckedOut(Vec<Deferred>),
+}
+
+/// Work another worker could not do on a connection it found busy: the
+/// worker holding the connection does it, in the order it was asked,
+/// before handing the connection back.
+#[derive(Debug)]
+pub(crate) enum Deferred {
+    /// Bytes from a [`LoopHandle::write`](crate::LoopHandle::write).
+    Write(Vec<u8>),
+    /// A [`LoopHandle::close`](crate::LoopHandle::close).
+    Close,
+    /// A timer of this connection that expired.
+    Timer(TimerId, TimerKind),
 }
 
 struct Entry<S> {
@@ -151,15 +166,49 @@ impl<S> SharedSlab<S> {
         if entry.generation != id.generation() {
             return Err(Acquire::Stale);
         }
-        match std::mem::replace(&mut entry.held, Held::CheckedOut) {
+        match std::mem::replace(&mut entry.held, Held::CheckedOut(Vec::new())) {
             Held::Parked(conn) => Ok(conn),
-            Held::CheckedOut => Err(Acquire::Busy),
+            held @ Held::CheckedOut(_) => {
+                entry.held = held;
+                Err(Acquire::Busy)
+            }
             Held::Free => {
                 entry.held = Held::Free;
                 Err(Acquire::Stale)
             }
         }
     }
+
+    /// Leaves `work` with the worker serving `id`; `Err` with the work
+    /// when the connection is not busy after all (parked: the caller checks
+    /// it out and does the work itself; free: it is stale).
+    fn defer(&self, id: ConnId, work: Deferred) -> Result<(), (Acquire, Deferred)> {
+        let Some(entry) = self.entries.get(id.index() as usize) else {
+            return Err((Acquire::Stale, work));
+        };
+        let mut entry = lock(entry);
+        if entry.generation != id.generation() {
+            return Err((Acquire::Stale, work));
+        }
+        match &mut entry.held {
+            Held::CheckedOut(pending) => {
+                pending.push(work);
+                Ok(())
+            }
+            Held::Parked(_) => Err((Acquire::Held, work)),
+            Held::Free => Err((Acquire::Stale, work)),
+        }
+    }
+}
+
+/// What handing connections back left to do.
+pub(crate) struct CheckIn<S> {
+    /// Connections re-armed.
+    pub(crate) rearmed: u64,
+    /// Connections that could not be armed: to close.
+    pub(crate) failed: Vec<(ConnId, Connection<S>)>,
+    /// Work other workers left, for connections still held.
+    pub(crate) work: Vec<(ConnId, Deferred)>,
 }
 
 /// A connection a worker holds, and whether it was ever registered.
@@ -227,6 +276,26 @@ impl<S> Checkout<S> {
         }
     }
 
+    /// Has the worker serving `id` do `work` before it lets go of it, or,
+    /// if no worker is serving it, checks it out for the caller to do it:
+    /// `Held` (the caller does the work now), `Busy` (left with the
+    /// holder), or `Stale`.
+    pub(crate) fn defer(&mut self, id: ConnId, mut work: Deferred) -> (Acquire, Option<Deferred>) {
+        loop {
+            match self.acquire(id) {
+                Acquire::Held => return (Acquire::Held, Some(work)),
+                Acquire::Stale => return (Acquire::Stale, None),
+                Acquire::Busy => {}
+            }
+            match self.slab.defer(id, work) {
+                Ok(()) => return (Acquire::Busy, None),
+                Err((Acquire::Stale, _)) => return (Acquire::Stale, None),
+                // Parked again in between: check it out and do it here.
+                Err((_, returned)) => work = returned,
+            }
+        }
+    }
+
     /// Checks out every parked connection (for a stop); lists all held.
     pub(crate) fn acquire_all(&mut self) -> Vec<ConnId> {
         let slab = std::sync::Arc::clone(&self.slab);
@@ -247,7 +316,7 @@ impl<S> Checkout<S> {
         }
         let index = self.slab.allocate()?;
         let mut entry = lock(&self.slab.entries[index as usize]);
-        entry.held = Held::CheckedOut;
+        entry.held = Held::CheckedOut(Vec::new());
         let id = ConnId::new(index, entry.generation);
         drop(entry);
         self.slab.open.fetch_add(1, Ordering::AcqRel);
@@ -273,19 +342,33 @@ impl<S> Checkout<S> {
     }
 
     /// Hands every held connection back, each registered (or re-armed) for
-    /// the interest `interest_of` gives it, under its slot's lock. Returns
-    /// how many were re-armed, and the connections whose registration
-    /// failed, for the caller to close.
+    /// the interest `interest_of` gives it, under its slot's lock; a
+    /// connection with work left for it by other workers stays held, and
+    /// the work is returned. Also returns how many were re-armed, and the
+    /// connections whose registration failed, for the caller to close.
     pub(crate) fn check_in_all(
         &mut self,
         epoll: &Epoll,
         interest_of: impl Fn(&Connection<S>) -> u32,
-    ) -> (u64, Vec<(ConnId, Connection<S>)>) {
-        let mut failed = Vec::new();
-        let mut rearmed = 0;
+    ) -> CheckIn<S> {
+        let mut result = CheckIn {
+            rearmed: 0,
+            failed: Vec::new(),
+            work: Vec::new(),
+        };
+        let mut kept = Vec::new();
         for out in self.held.drain(..) {
             let interest = interest_of(&out.conn);
             let mut entry = lock(&self.slab.entries[out.id.index() as usize]);
+            if let Held::CheckedOut(pending) = &mut entry.held
+                && !pending.is_empty()
+            {
+                result
+                    .work
+                    .extend(pending.drain(..).map(|work| (out.id, work)));
+                kept.push(out);
+                continue;
+            }
             let fd = out.conn.fd.as_raw_fd();
             let token = out.id.to_u64();
             // Waiting for nothing (reading held, nothing to write), it stays
@@ -299,16 +382,17 @@ impl<S> Checkout<S> {
             };
             match armed {
                 Ok(count) => {
-                    rearmed += count;
+                    result.rearmed += count;
                     entry.held = Held::Parked(out.conn);
                 }
                 Err(e) => {
                     tracing::warn!(id = %out.id, error = %e, "cannot arm a one-shot connection");
-                    failed.push((out.id, out.conn));
+                    result.failed.push((out.id, out.conn));
                 }
             }
         }
-        (rearmed, failed)
+        self.held = kept;
+        result
     }
 
     /// Puts back connections that `check_in_all` could not arm, so that

@@ -7,7 +7,7 @@
 use crate::connection::Connection;
 use crate::pool::Pool;
 pub(crate) use crate::shared::Acquire;
-use crate::shared::{Checkout, SharedSlab};
+use crate::shared::{Checkout, Deferred, SharedSlab};
 use crate::token::ConnId;
 
 pub(crate) enum Slots<S> {
@@ -55,6 +55,17 @@ impl<S> Slots<S> {
             Slots::Owned(pool) if pool.contains(id) => Acquire::Held,
             Slots::Owned(_) => Acquire::Stale,
             Slots::Shared(checkout) => checkout.acquire(id),
+        }
+    }
+
+    /// Gets `work` done on `id`: returned (with `Held`) for the caller to do
+    /// now, or left with the one-shot worker serving it (`Busy`), or
+    /// dropped (`Stale`).
+    pub(crate) fn defer(&mut self, id: ConnId, work: Deferred) -> (Acquire, Option<Deferred>) {
+        match self {
+            Slots::Owned(pool) if pool.contains(id) => (Acquire::Held, Some(work)),
+            Slots::Owned(_) => (Acquire::Stale, None),
+            Slots::Shared(checkout) => checkout.defer(id, work),
         }
     }
 

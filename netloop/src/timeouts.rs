@@ -6,6 +6,7 @@ use crate::close_reason::CloseReason;
 use crate::core::CloseMode;
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
+use crate::shared::Deferred;
 use crate::slots::Acquire;
 use crate::timer::{TimerId, TimerKind};
 use crate::token::ConnId;
@@ -13,9 +14,6 @@ use crate::token::ConnId;
 impl<H: Handler> EventLoop<H> {
     pub(crate) fn expire_timers(&mut self) {
         self.core.timers.apply_cancels();
-        for (timer, kind) in self.core.timers.take_postponed() {
-            self.on_timer_expired(timer, kind);
-        }
         let now = self.core.clock.now_ns();
         while let Some((timer, kind)) = self.core.timers.pop_expired(now) {
             self.on_timer_expired(timer, kind);
@@ -24,13 +22,17 @@ impl<H: Handler> EventLoop<H> {
 
     fn on_timer_expired(&mut self, timer: TimerId, kind: TimerKind) {
         if let Some(id) = kind.conn() {
-            match self.core.conns.acquire(id) {
-                Acquire::Held => {}
-                Acquire::Stale => return,
-                // One-shot: another worker is serving it; next turn.
-                Acquire::Busy => return self.core.timers.postpone(timer, kind),
+            // One-shot: a worker serving the connection now runs it.
+            let (found, _) = self.core.conns.defer(id, Deferred::Timer(timer, kind));
+            if found != Acquire::Held {
+                return;
             }
         }
+        self.run_timer(timer, kind);
+    }
+
+    /// Carries out an expired timer whose connection (if any) is held.
+    pub(crate) fn run_timer(&mut self, timer: TimerId, kind: TimerKind) {
         match kind {
             TimerKind::Idle(id) => self.idle_check(id),
             TimerKind::User { conn, data } => {

@@ -9,7 +9,7 @@
 //! from worker to worker. So a timer id names the worker that armed it, a
 //! worker cancelling another's timer leaves the id in that worker's cancel
 //! box (emptied at the start of its next expiry pass), and a timer whose
-//! connection another worker is serving waits a turn.
+//! connection another worker is serving is left for that worker to run.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,8 +79,6 @@ pub(crate) type CancelBoxes = Arc<[Mutex<Vec<TimerId>>]>;
 #[derive(Default)]
 pub(crate) struct Timers {
     armed: BTreeMap<TimerId, TimerKind>,
-    /// Expired while their connection was busy elsewhere: retried next turn.
-    postponed: Vec<(TimerId, TimerKind)>,
     wheel: u32,
     cancel_boxes: Option<CancelBoxes>,
 }
@@ -125,14 +123,7 @@ impl Timers {
     }
 
     fn disarm(&mut self, id: TimerId) -> bool {
-        if self.armed.remove(&id).is_some() {
-            return true;
-        }
-        if let Some(i) = self.postponed.iter().position(|(p, _)| *p == id) {
-            self.postponed.swap_remove(i);
-            return true;
-        }
-        false
+        self.armed.remove(&id).is_some()
     }
 
     /// Disarms the timers other workers cancelled (ids that already fired
@@ -153,21 +144,6 @@ impl Timers {
     /// The earliest deadline, if any timer is armed.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
         self.armed.first_key_value().map(|(id, _)| id.deadline_ns)
-    }
-
-    /// Whether timers wait to be retried next turn.
-    pub(crate) fn has_postponed(&self) -> bool {
-        !self.postponed.is_empty()
-    }
-
-    /// Keeps a timer whose connection was busy for the next turn.
-    pub(crate) fn postpone(&mut self, id: TimerId, kind: TimerKind) {
-        self.postponed.push((id, kind));
-    }
-
-    /// The timers postponed last turn.
-    pub(crate) fn take_postponed(&mut self) -> Vec<(TimerId, TimerKind)> {
-        std::mem::take(&mut self.postponed)
     }
 
     /// Removes and returns one timer due at or before `now_ns`.

@@ -587,3 +587,66 @@ fn oneshot_a_half_closed_peer_that_never_reads_does_not_spin_a_worker() {
     server.join().expect("join");
     drop(c);
 }
+
+/// Reports each connection's id, and blocks for a while on the line "hold".
+struct SlowOnHold {
+    opened: mpsc::Sender<ConnId>,
+}
+
+impl Handler for SlowOnHold {
+    type State = ();
+
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        let _ = self.opened.send(conn.id());
+    }
+
+    fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+        if conn.input().starts_with(b"hold") {
+            // A slow call: the connection stays checked out by this worker.
+            thread::sleep(Duration::from_millis(300));
+        }
+        let n = conn.input().len();
+        conn.consume(n);
+    }
+}
+
+#[test]
+fn oneshot_writes_through_the_handle_arrive_in_order_while_a_worker_holds_the_connection() {
+    let _alone = oneshot_alone();
+    let (opened_tx, opened) = mpsc::channel();
+    let opened_tx = Mutex::new(opened_tx);
+    let server = Server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        oneshot_config(3, Config::default()),
+        move |_| SlowOnHold {
+            opened: opened_tx.lock().expect("lock").clone(),
+        },
+    )
+    .expect("start");
+    let mut client = connect(server.local_addr());
+    let id = opened.recv_timeout(LIMIT).expect("opened");
+    let handle = server.handles()[0].clone();
+    client.write_all(b"hold").expect("write");
+    thread::sleep(Duration::from_millis(50));
+    // Sent while a worker holds the connection: other workers take these
+    // commands and must leave them, in order, with the holder.
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        let message = format!("{i},");
+        expected.extend_from_slice(message.as_bytes());
+        handle.write(id, message.into_bytes()).expect("write");
+        if i % 20 == 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let got = read_exact(&mut client, expected.len());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected),
+        "every write, in the order sent"
+    );
+    drop(client);
+    server.stopper().stop();
+    let stats = server.join().expect("join");
+    assert_eq!(stats.iter().map(|s| s.stale_commands).sum::<u64>(), 0);
+}
