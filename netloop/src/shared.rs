@@ -218,17 +218,25 @@ struct Out<S> {
     registered: bool,
 }
 
+/// A slot this worker does not hold.
+const NOT_HELD: u32 = u32::MAX;
+
 /// One worker's view of the shared slab: the connections it holds now.
 pub(crate) struct Checkout<S> {
     slab: std::sync::Arc<SharedSlab<S>>,
     held: Vec<Out<S>>,
+    /// Where each slot's connection is in `held`, so that finding one is
+    /// O(1) even when a stop has checked out every connection.
+    positions: Box<[u32]>,
 }
 
 impl<S> Checkout<S> {
     pub(crate) fn new(slab: std::sync::Arc<SharedSlab<S>>) -> Self {
+        let positions = vec![NOT_HELD; slab.entries.len()].into_boxed_slice();
         Self {
             slab,
             held: Vec::new(),
+            positions,
         }
     }
 
@@ -237,7 +245,32 @@ impl<S> Checkout<S> {
     }
 
     fn position(&self, id: ConnId) -> Option<usize> {
-        self.held.iter().position(|out| out.id == id)
+        let pos = *self.positions.get(id.index() as usize)?;
+        let pos = usize::try_from(pos).ok()?;
+        self.held
+            .get(pos)
+            .is_some_and(|out| out.id == id)
+            .then_some(pos)
+    }
+
+    fn hold(&mut self, out: Out<S>) {
+        if let Some(pos) = self.positions.get_mut(out.id.index() as usize) {
+            *pos = self.held.len() as u32;
+        }
+        self.held.push(out);
+    }
+
+    fn let_go(&mut self, pos: usize) -> Out<S> {
+        let out = self.held.swap_remove(pos);
+        if let Some(gone) = self.positions.get_mut(out.id.index() as usize) {
+            *gone = NOT_HELD;
+        }
+        if let Some(moved) = self.held.get(pos)
+            && let Some(slot) = self.positions.get_mut(moved.id.index() as usize)
+        {
+            *slot = pos as u32;
+        }
+        out
     }
 
     pub(crate) fn get(&self, id: ConnId) -> Option<&Connection<S>> {
@@ -265,7 +298,7 @@ impl<S> Checkout<S> {
         }
         match self.slab.check_out(id) {
             Ok(conn) => {
-                self.held.push(Out {
+                self.hold(Out {
                     id,
                     conn,
                     registered: true,
@@ -320,7 +353,7 @@ impl<S> Checkout<S> {
         let id = ConnId::new(index, entry.generation);
         drop(entry);
         self.slab.open.fetch_add(1, Ordering::AcqRel);
-        self.held.push(Out {
+        self.hold(Out {
             id,
             conn,
             registered: false,
@@ -330,7 +363,8 @@ impl<S> Checkout<S> {
 
     /// Frees the slot, bumping its generation so every copy of `id` is stale.
     pub(crate) fn remove(&mut self, id: ConnId) -> Option<Connection<S>> {
-        let out = self.held.swap_remove(self.position(id)?);
+        let pos = self.position(id)?;
+        let out = self.let_go(pos);
         let mut entry = lock(&self.slab.entries[id.index() as usize]);
         entry.generation = entry.generation.wrapping_add(1);
         entry.held = Held::Free;
@@ -357,7 +391,10 @@ impl<S> Checkout<S> {
             work: Vec::new(),
         };
         let mut kept = Vec::new();
-        for out in self.held.drain(..) {
+        for out in std::mem::take(&mut self.held) {
+            if let Some(pos) = self.positions.get_mut(out.id.index() as usize) {
+                *pos = NOT_HELD;
+            }
             let interest = interest_of(&out.conn);
             let mut entry = lock(&self.slab.entries[out.id.index() as usize]);
             if let Held::CheckedOut(pending) = &mut entry.held
@@ -391,14 +428,16 @@ impl<S> Checkout<S> {
                 }
             }
         }
-        self.held = kept;
+        for out in kept {
+            self.hold(out);
+        }
         result
     }
 
     /// Puts back connections that `check_in_all` could not arm, so that
     /// they can be closed through the normal path.
     pub(crate) fn hold_again(&mut self, id: ConnId, conn: Connection<S>) {
-        self.held.push(Out {
+        self.hold(Out {
             id,
             conn,
             registered: true,
