@@ -11,6 +11,11 @@
 //! partner's reading until it drains; a FIN is relayed as a FIN, so each
 //! direction ends on its own; an error on one side aborts the other.
 //!
+//! A relay reaches one connection from another's callbacks, so it runs on
+//! a loop mode (a single `EventLoop`, or a `Server` in reuseport, exclusive
+//! or acceptor mode); in the one-shot mode a partner that another worker is
+//! serving cannot be reached at that moment.
+//!
 //! The tests drive this very handler (`tests/relay/mod.rs` includes this
 //! file), so `main` stays small and the handler is `pub`.
 
