@@ -18,7 +18,7 @@ use netloop_servers::codec::frame::FrameConfig;
 use netloop_servers::codec::http::HttpLimits;
 use netloop_servers::codec::resp::RespLimits;
 use netloop_servers::http::{Hello, HttpConn};
-use netloop_servers::kv::{Kv, Store};
+use netloop_servers::kv::{Kv, KvConn, Store};
 use support::Running;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -215,7 +215,7 @@ fn http_slow_header_is_timed_out_and_idle_keep_alive_is_closed() {
 
 // ---------------------------------------------------------------- RESP
 
-fn kv_server() -> Running<()> {
+fn kv_server() -> Running<KvConn> {
     let limits = RespLimits {
         max_bulk_len: 1024 * 1024,
         ..RespLimits::default()
@@ -381,6 +381,159 @@ fn resp_protocol_errors_reply_then_close_and_limits_come_before_allocation() {
         stats.closed_for(CloseReason::Protocol("resp_protocol_error")),
         5
     );
+}
+
+/// Sends `request` and checks the reply byte for byte (invalid UTF-8 and
+/// all), unlike `exchange`, which compares text.
+fn exchange_exact(c: &mut TcpStream, request: &[u8], reply: &[u8]) {
+    c.write_all(request).expect("write");
+    let got = read_until(c, |g| g.len() >= reply.len());
+    assert!(
+        got == reply,
+        "for {request:?}\n got {got:?}\nwant {reply:?}",
+        request = String::from_utf8_lossy(request),
+        got = got.escape_ascii().to_string(),
+        reply = reply.escape_ascii().to_string(),
+    );
+}
+
+/// Sends each request on one connection and checks its reply, byte for byte.
+fn exchanges(c: &mut TcpStream, cases: &[(&[u8], &[u8])]) {
+    for (request, reply) in cases {
+        exchange_exact(c, request, reply);
+    }
+}
+
+const NOT_INTEGER: &[u8] = b"-ERR value is not an integer or out of range\r\n";
+const SYNTAX: &[u8] = b"-ERR syntax error\r\n";
+
+#[test]
+fn resp_expiry_times_that_overflow_are_refused_and_nothing_panics() {
+    let server = kv_server();
+    let mut c = client(server.addr);
+    let set_err: &[u8] = b"-ERR invalid expire time in 'set' command\r\n";
+    let expire_err: &[u8] = b"-ERR invalid expire time in 'expire' command\r\n";
+    exchanges(
+        &mut c,
+        &[
+            (b"SET k v EX 9223372036854775807\r\n", set_err),
+            (b"SET k v EX 9223372036854775\r\n", set_err),
+            (b"SET k v PX 9223372036854775807\r\n", set_err),
+            (b"SET k v EX -5\r\n", set_err),
+            (b"SET k v PX 0\r\n", set_err),
+            (
+                b"SETEX k 0 v\r\n",
+                b"-ERR invalid expire time in 'setex' command\r\n",
+            ),
+            (b"SET k v\r\n", b"+OK\r\n"),
+            (b"EXPIRE k 9223372036854775807\r\n", expire_err),
+            (b"EXPIRE k -9223372036854775808\r\n", expire_err),
+            (
+                b"PEXPIRE k 9223372036854775807\r\n",
+                b"-ERR invalid expire time in 'pexpire' command\r\n",
+            ),
+            // Far, but within range: accepted, as Redis accepts it.
+            (
+                b"EXPIRE k 9223372036854\r\nTTL k\r\n",
+                b":1\r\n:9223372036854\r\n",
+            ),
+            (b"SET k v EX 922337203685477\r\n", b"+OK\r\n"),
+            // A non-positive EXPIRE deletes the key.
+            (b"EXPIRE k -5\r\nEXISTS k\r\n", b":1\r\n:0\r\n"),
+            (b"PING\r\n", b"+PONG\r\n"),
+        ],
+    );
+    let stats = server.finish();
+    assert_eq!(stats.closed_for(CloseReason::HandlerPanic), 0);
+}
+
+#[test]
+fn resp_numbers_are_read_as_redis_string2ll_reads_them() {
+    let server = kv_server();
+    let mut c = client(server.addr);
+    for bad in ["+5", "007", "-0", " 5", "5 ", "9223372036854775808", ""] {
+        let quoted = format!("\"{bad}\"");
+        for request in [
+            format!("SET n {quoted}\r\nINCR n\r\n"),
+            format!("INCRBY n2 {quoted}\r\n"),
+            format!("SET k v EX {quoted}\r\n"),
+            format!("EXPIRE n {quoted}\r\n"),
+            format!("SELECT {quoted}\r\n"),
+        ] {
+            let expected: Vec<u8> = if request.starts_with("SET n") {
+                [&b"+OK\r\n"[..], NOT_INTEGER].concat()
+            } else {
+                NOT_INTEGER.to_vec()
+            };
+            exchange_exact(&mut c, request.as_bytes(), &expected);
+        }
+    }
+    exchanges(
+        &mut c,
+        &[
+            (b"SET n -12\r\nINCRBY n 2\r\n", b"+OK\r\n:-10\r\n"),
+            (
+                b"DECRBY n -9223372036854775808\r\n",
+                b"-ERR decrement would overflow\r\n",
+            ),
+            (
+                b"SELECT 3000000000\r\n",
+                b"-ERR value is out of range, value must between -2147483648 and 2147483647\r\n",
+            ),
+            (b"SELECT 0\r\n", b"+OK\r\n"),
+        ],
+    );
+    server.finish();
+}
+
+#[test]
+fn resp_set_options_are_checked_as_redis_checks_them() {
+    let server = kv_server();
+    let mut c = client(server.addr);
+    exchanges(
+        &mut c,
+        &[
+            (b"SET k v EX 10 EX 2000\r\nTTL k\r\n", b"+OK\r\n:2000\r\n"),
+            (
+                b"SET k v PX 10 PX 3000000\r\nTTL k\r\n",
+                b"+OK\r\n:3000\r\n",
+            ),
+            (b"SET k v EX 10 PX 20\r\n", SYNTAX),
+            (b"SET k v NX XX\r\n", SYNTAX),
+            // The syntax of every option is checked before any number.
+            (b"SET k v EX abc NX XX\r\n", SYNTAX),
+            (b"SET k v EX 0 FOO\r\n", SYNTAX),
+            (b"SET k v EX abc\r\n", NOT_INTEGER),
+            (b"SET k v EX\r\n", SYNTAX),
+            (b"SET k v EX 10 KEEPTTL\r\n", SYNTAX),
+            (b"SET k w KEEPTTL GET\r\nTTL k\r\n", b"$1\r\nv\r\n:3000\r\n"),
+            (b"SET k x NX GET\r\nGET k\r\n", b"$1\r\nw\r\n$1\r\nw\r\n"),
+            (b"SET k v NX NX\r\n", b"$-1\r\n"),
+        ],
+    );
+    server.finish();
+}
+
+#[test]
+fn resp_unknown_command_quotes_at_most_128_raw_bytes() {
+    let server = kv_server();
+    let mut c = client(server.addr);
+    let long = "a".repeat(100);
+    let request = format!("*4\r\n$6\r\nNOSUCH\r\n$100\r\n{long}\r\n$100\r\n{long}\r\n$1\r\nz\r\n");
+    // 100 bytes fill the first quote (103 with quotes and space); the
+    // second gets the 25 left; the third is never reached.
+    let expected = format!(
+        "-ERR unknown command 'NOSUCH', with args beginning with: '{long}' '{}' \r\n",
+        "a".repeat(25)
+    );
+    exchange_exact(&mut c, request.as_bytes(), expected.as_bytes());
+    // Invalid UTF-8 is copied as it came; a NUL ends an argument as in C.
+    exchange_exact(
+        &mut c,
+        b"*3\r\n$3\r\nX\xff\xfe\r\n$2\r\n\xc3(\r\n$3\r\na\0b\r\n",
+        b"-ERR unknown command 'X\xff\xfe', with args beginning with: '\xc3(' 'a' \r\n",
+    );
+    server.finish();
 }
 
 // ---------------------------------------------------------------- chat

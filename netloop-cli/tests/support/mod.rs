@@ -105,3 +105,4 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+pub mod resp;

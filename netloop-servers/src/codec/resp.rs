@@ -1,10 +1,11 @@
-//! RESP2 request parsing and reply encoding for a Redis-compatible server.
+//! RESP request parsing and reply encoding (RESP2, and the RESP3 types the
+//! kv server needs) for a Redis-compatible server.
 //!
 //! Parsing follows Redis' `processMultibulkBuffer` and `processInlineBuffer`
 //! (networking.c), including its error texts, so clients see the same
-//! `-ERR Protocol error: ...` replies they would get from Redis. Unlike Redis
-//! the parser keeps no state between calls: it re-reads the request from the
-//! start of the buffer each time and reports `Ok(None)` until it is complete.
+//! `-ERR Protocol error: ...` replies they would get from Redis. Like Redis,
+//! [`RespParser`] keeps its place in a pending request between reads, so a
+//! request costs time linear in its bytes however slowly they arrive.
 
 use std::borrow::Cow;
 use std::io::Write as _;
@@ -184,94 +185,314 @@ pub fn parse_command<'a>(
 /// A request with zero arguments (`*0\r\n`, a blank line) is still consumed
 /// and should simply be skipped. After `Ok(None)` or an error the contents of
 /// `args` are unspecified.
+///
+/// This form keeps no state between calls: an incomplete request is read
+/// again from its start next time. A server should keep a [`RespParser`]
+/// per connection instead, so that a request arriving in pieces costs time
+/// linear in its size.
 pub fn parse_command_into(
     buf: &[u8],
     limits: &RespLimits,
     args: &mut ArgBuf,
 ) -> Result<Option<usize>, RespError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => {
-            args.reset(ArgSource::Input);
-            parse_multibulk(buf, limits, args)
+    let mut parser = RespParser {
+        args: std::mem::take(args),
+        ..RespParser::default()
+    };
+    let parsed = parser.parse(buf, limits);
+    *args = parser.args;
+    parsed
+}
+
+/// A request parser that remembers how far it got.
+///
+/// Redis keeps its parsing position in the client between reads; so does
+/// this parser. Feed it the connection's unconsumed input each time more
+/// bytes arrive (the pending request stays at the start of that input until
+/// it is complete and consumed). Arguments already parsed are not parsed
+/// again, and no byte is searched for a line end twice, so a request costs
+/// time linear in its bytes however it is split into reads.
+#[derive(Debug, Clone, Default)]
+pub struct RespParser {
+    args: ArgBuf,
+    progress: Progress,
+    examined: u64,
+}
+
+/// Where the pending request stands, as offsets from its first byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Progress {
+    /// No request begun.
+    #[default]
+    Idle,
+    /// An inline line whose first `scanned` bytes hold no `\n`.
+    Inline { scanned: usize },
+    /// The `*<count>` line, whose first `scanned` bytes hold no `\r`.
+    Count { scanned: usize },
+    /// Multibulk arguments: `left` still to come, the next one at `pos`.
+    Args {
+        left: usize,
+        pos: usize,
+        bulk: BulkProgress,
+    },
+}
+
+/// Where the next multibulk argument stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkProgress {
+    /// Its `$<len>` line, whose first `scanned` bytes hold no `\r`.
+    Header { scanned: usize },
+    /// Its data: `len` bytes from `start`, then CRLF.
+    Data { start: usize, len: usize },
+}
+
+impl RespParser {
+    /// A parser with no request pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses the request at the start of `buf`, carrying on from where the
+    /// previous call on the same pending request stopped.
+    ///
+    /// Returns the bytes the request occupies once it is complete (the
+    /// caller consumes them before the next call), or `Ok(None)` while more
+    /// bytes are needed. `buf` must start with the pending request and hold
+    /// at least the bytes it held last time. After an error the parser is
+    /// ready for a new request (the connection is normally closed anyway).
+    pub fn parse(&mut self, buf: &[u8], limits: &RespLimits) -> Result<Option<usize>, RespError> {
+        let result = self.step(buf, limits);
+        if !matches!(result, Ok(None)) {
+            self.progress = Progress::Idle;
         }
-        Some(_) => {
-            args.reset(ArgSource::Scratch);
-            parse_inline(buf, limits, args)
+        result
+    }
+
+    /// The arguments of the request the last `Ok(Some(_))` completed.
+    pub fn args(&self) -> &ArgBuf {
+        &self.args
+    }
+
+    /// Bytes searched for line terminators so far, over all requests: the
+    /// parser's work, which tests hold linear in the bytes received.
+    pub fn examined(&self) -> u64 {
+        self.examined
+    }
+
+    /// Releases memory beyond `capacity` left by an unusually large request.
+    pub fn shrink_to(&mut self, capacity: usize) {
+        self.args.shrink_to(capacity);
+    }
+
+    fn step(&mut self, buf: &[u8], limits: &RespLimits) -> Result<Option<usize>, RespError> {
+        if self.progress == Progress::Idle {
+            self.progress = match buf.first() {
+                None => return Ok(None),
+                Some(b'*') => {
+                    self.args.reset(ArgSource::Input);
+                    Progress::Count { scanned: 0 }
+                }
+                Some(_) => {
+                    self.args.reset(ArgSource::Scratch);
+                    Progress::Inline { scanned: 0 }
+                }
+            };
+        }
+        match self.progress {
+            Progress::Idle => Ok(None),
+            Progress::Inline { scanned } => self.inline(buf, scanned, limits),
+            Progress::Count { scanned } => self.count(buf, scanned, limits),
+            Progress::Args { left, pos, bulk } => self.arguments(buf, left, pos, bulk, limits),
         }
     }
+
+    fn inline(
+        &mut self,
+        buf: &[u8],
+        scanned: usize,
+        limits: &RespLimits,
+    ) -> Result<Option<usize>, RespError> {
+        let newline = match self.find_line(buf, scanned, b'\n', limits.max_inline_len) {
+            Line::Found(index) => index,
+            Line::Incomplete(scanned) => {
+                self.progress = Progress::Inline { scanned };
+                return Ok(None);
+            }
+            Line::TooLong => return Err(RespError::InlineTooBig),
+        };
+        let line = &buf[..newline];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        split_args(line, &mut self.args)?;
+        Ok(Some(newline + 1))
+    }
+
+    fn count(
+        &mut self,
+        buf: &[u8],
+        scanned: usize,
+        limits: &RespLimits,
+    ) -> Result<Option<usize>, RespError> {
+        let line = CountLine {
+            too_long: RespError::MultibulkCountTooBig,
+            invalid: RespError::InvalidMultibulkLength,
+        };
+        let (announced, line_len) = match self.count_line(buf, scanned, line, limits)? {
+            Ok(found) => found,
+            Err(scanned) => {
+                self.progress = Progress::Count { scanned };
+                return Ok(None);
+            }
+        };
+        let left = multibulk_count(announced, limits)?;
+        if left == 0 {
+            return Ok(Some(line_len));
+        }
+        self.args.ranges.reserve(left.min(PREALLOC_ARGS));
+        let bulk = BulkProgress::Header { scanned: 0 };
+        self.arguments(buf, left, line_len, bulk, limits)
+    }
+
+    fn arguments(
+        &mut self,
+        buf: &[u8],
+        mut left: usize,
+        mut pos: usize,
+        mut bulk: BulkProgress,
+        limits: &RespLimits,
+    ) -> Result<Option<usize>, RespError> {
+        while left > 0 {
+            match self.bulk(buf, pos, bulk, limits)? {
+                Ok(next) => {
+                    pos = next;
+                    left -= 1;
+                    bulk = BulkProgress::Header { scanned: 0 };
+                }
+                Err(waiting) => {
+                    self.progress = Progress::Args {
+                        left,
+                        pos,
+                        bulk: waiting,
+                    };
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(pos))
+    }
+
+    /// Advances the argument at `pos`: `Ok(end)` once it is complete (its
+    /// range recorded), `Err(progress)` to wait for more bytes.
+    fn bulk(
+        &mut self,
+        buf: &[u8],
+        pos: usize,
+        bulk: BulkProgress,
+        limits: &RespLimits,
+    ) -> Result<Result<usize, BulkProgress>, RespError> {
+        let (start, len) = match bulk {
+            BulkProgress::Data { start, len } => (start, len),
+            BulkProgress::Header { scanned } => {
+                match self.bulk_header(buf, pos, scanned, limits)? {
+                    Ok(found) => found,
+                    Err(waiting) => return Ok(Err(waiting)),
+                }
+            }
+        };
+        let end = start.checked_add(len).ok_or(RespError::InvalidBulkLength)?;
+        let needed = end.checked_add(2).ok_or(RespError::InvalidBulkLength)?;
+        // As in Redis, the CRLF after the data is skipped without being checked.
+        if needed > buf.len() {
+            return Ok(Err(BulkProgress::Data { start, len }));
+        }
+        self.args.ranges.push((start, end));
+        Ok(Ok(needed))
+    }
+
+    /// Reads the `$<len>` line at `pos`: the data's start and length, or
+    /// the progress to keep while the line is incomplete.
+    fn bulk_header(
+        &mut self,
+        buf: &[u8],
+        pos: usize,
+        scanned: usize,
+        limits: &RespLimits,
+    ) -> Result<Result<(usize, usize), BulkProgress>, RespError> {
+        let rest = buf.get(pos..).unwrap_or_default();
+        // Checked on the first byte, before the length line is complete, so
+        // the verdict cannot depend on where the stream was split.
+        match rest.first() {
+            None => return Ok(Err(BulkProgress::Header { scanned })),
+            Some(b'$') => {}
+            Some(&found) => return Err(RespError::ExpectedDollar { found }),
+        }
+        let line = CountLine {
+            too_long: RespError::BulkCountTooBig,
+            invalid: RespError::InvalidBulkLength,
+        };
+        match self.count_line(rest, scanned, line, limits)? {
+            Ok((announced, header_len)) => Ok(Ok((pos + header_len, bulk_len(announced, limits)?))),
+            Err(scanned) => Ok(Err(BulkProgress::Header { scanned })),
+        }
+    }
+
+    /// Reads a `*<n>\r\n` or `$<n>\r\n` line at the start of `buf`: the
+    /// integer and the line's length, or how far the search got.
+    fn count_line(
+        &mut self,
+        buf: &[u8],
+        scanned: usize,
+        line: CountLine,
+        limits: &RespLimits,
+    ) -> Result<Result<(i64, usize), usize>, RespError> {
+        let cr = match self.find_line(buf, scanned, b'\r', limits.max_inline_len) {
+            Line::Found(index) => index,
+            Line::Incomplete(scanned) => return Ok(Err(scanned)),
+            Line::TooLong => return Err(line.too_long),
+        };
+        // Like Redis, the byte after '\r' is taken to be '\n' without
+        // looking, but it must have arrived. The search resumes at the '\r'.
+        let line_len = cr + 2;
+        if line_len > buf.len() {
+            return Ok(Err(cr));
+        }
+        let digits = buf.get(1..cr).ok_or(line.invalid)?;
+        let value = parse_i64(digits).ok_or(line.invalid)?;
+        Ok(Ok((value, line_len)))
+    }
+
+    /// Finds `terminator` among the first `max_len + 1` bytes, searching
+    /// only from `from` (the bytes before it are known not to hold it).
+    ///
+    /// Bounding the search (rather than scanning the whole buffer, as Redis
+    /// does) makes the verdict depend only on a fixed prefix, so it cannot
+    /// change with how the stream happened to be split into reads.
+    fn find_line(&mut self, buf: &[u8], from: usize, terminator: u8, max_len: usize) -> Line {
+        let end = buf.len().min(max_len.saturating_add(1));
+        let window = buf.get(from..end).unwrap_or_default();
+        let found = window.iter().position(|&byte| byte == terminator);
+        let looked = found.map_or(window.len(), |index| index + 1);
+        self.examined = self.examined.saturating_add(looked as u64);
+        match found {
+            Some(index) => Line::Found(from + index),
+            None if buf.len() > max_len => Line::TooLong,
+            None => Line::Incomplete(end.max(from)),
+        }
+    }
+}
+
+/// The errors a count line reports, which differ for `*` and `$` lines.
+#[derive(Clone, Copy)]
+struct CountLine {
+    too_long: RespError,
+    invalid: RespError,
 }
 
 /// Result of looking for a line terminator within the allowed length.
 enum Line {
     Found(usize),
-    Incomplete,
+    /// Not found among the bytes so far; the search may resume here.
+    Incomplete(usize),
     TooLong,
-}
-
-/// Finds `terminator` among the first `max_len + 1` bytes.
-///
-/// Bounding the search (rather than scanning the whole buffer, as Redis does)
-/// makes the verdict depend only on a fixed prefix, so it cannot change with
-/// how the stream happened to be split into reads.
-fn find_line(buf: &[u8], terminator: u8, max_len: usize) -> Line {
-    let window = &buf[..buf.len().min(max_len.saturating_add(1))];
-    match window.iter().position(|&byte| byte == terminator) {
-        Some(index) => Line::Found(index),
-        None if buf.len() > max_len => Line::TooLong,
-        None => Line::Incomplete,
-    }
-}
-
-/// Reads a `*<n>\r\n` or `$<n>\r\n` line at the start of `buf`, returning the
-/// integer and the line's length.
-fn read_count_line(
-    buf: &[u8],
-    max_len: usize,
-    too_long: RespError,
-    invalid: RespError,
-) -> Result<Option<(i64, usize)>, RespError> {
-    let cr = match find_line(buf, b'\r', max_len) {
-        Line::Found(index) => index,
-        Line::Incomplete => return Ok(None),
-        Line::TooLong => return Err(too_long),
-    };
-    // Like Redis, the byte after '\r' is taken to be '\n' without looking,
-    // but it must have arrived.
-    let line_len = cr + 2;
-    if line_len > buf.len() {
-        return Ok(None);
-    }
-    let digits = buf.get(1..cr).ok_or(invalid)?;
-    let value = parse_redis_int(digits).ok_or(invalid)?;
-    Ok(Some((value, line_len)))
-}
-
-fn parse_multibulk(
-    buf: &[u8],
-    limits: &RespLimits,
-    args: &mut ArgBuf,
-) -> Result<Option<usize>, RespError> {
-    let Some((announced, mut pos)) = read_count_line(
-        buf,
-        limits.max_inline_len,
-        RespError::MultibulkCountTooBig,
-        RespError::InvalidMultibulkLength,
-    )?
-    else {
-        return Ok(None);
-    };
-    let count = multibulk_count(announced, limits)?;
-    args.ranges.reserve(count.min(PREALLOC_ARGS));
-    for _ in 0..count {
-        let Some((start, end)) = parse_bulk(buf, pos, limits)? else {
-            return Ok(None);
-        };
-        args.ranges.push((start, end));
-        // `parse_bulk` only succeeds once the trailing CRLF is in `buf`.
-        pos = end + 2;
-    }
-    Ok(Some(pos))
 }
 
 /// Validates the announced argument count; Redis treats `<= 0` as empty.
@@ -285,37 +506,6 @@ fn multibulk_count(announced: i64, limits: &RespLimits) -> Result<usize, RespErr
     }
 }
 
-/// Parses the `$<len>\r\n<data>\r\n` at `pos`, returning the data's range.
-fn parse_bulk(
-    buf: &[u8],
-    pos: usize,
-    limits: &RespLimits,
-) -> Result<Option<(usize, usize)>, RespError> {
-    let rest = buf.get(pos..).unwrap_or_default();
-    // Checked on the first byte, before the length line is complete, so the
-    // verdict cannot depend on where the stream was split.
-    match rest.first() {
-        None => return Ok(None),
-        Some(b'$') => {}
-        Some(&found) => return Err(RespError::ExpectedDollar { found }),
-    }
-    let Some((announced, header_len)) = read_count_line(
-        rest,
-        limits.max_inline_len,
-        RespError::BulkCountTooBig,
-        RespError::InvalidBulkLength,
-    )?
-    else {
-        return Ok(None);
-    };
-    let len = bulk_len(announced, limits)?;
-    let start = pos + header_len;
-    let end = start.checked_add(len).ok_or(RespError::InvalidBulkLength)?;
-    let needed = end.checked_add(2).ok_or(RespError::InvalidBulkLength)?;
-    // As in Redis, the CRLF after the data is skipped without being checked.
-    Ok((needed <= buf.len()).then_some((start, end)))
-}
-
 fn bulk_len(announced: i64, limits: &RespLimits) -> Result<usize, RespError> {
     match usize::try_from(announced) {
         Ok(len) if len <= limits.max_bulk_len => Ok(len),
@@ -324,8 +514,12 @@ fn bulk_len(announced: i64, limits: &RespLimits) -> Result<usize, RespError> {
 }
 
 /// Parses an integer the way Redis' `string2ll` does: optional `-`, no `+`,
-/// no leading zeros, no surrounding whitespace, at most 20 characters.
-fn parse_redis_int(text: &[u8]) -> Option<i64> {
+/// no leading zeros (nor `-0`), no surrounding whitespace, at most 20
+/// characters, within `i64`.
+///
+/// Redis reads every number this way (lengths, values, expiry times,
+/// indexes), so every number the servers read goes through here.
+pub fn parse_i64(text: &[u8]) -> Option<i64> {
     const MAX_CHARS: usize = 20;
     if text.is_empty() || text.len() > MAX_CHARS {
         return None;
@@ -350,22 +544,6 @@ fn parse_redis_int(text: &[u8]) -> Option<i64> {
     } else {
         i64::try_from(magnitude).ok()
     }
-}
-
-fn parse_inline(
-    buf: &[u8],
-    limits: &RespLimits,
-    args: &mut ArgBuf,
-) -> Result<Option<usize>, RespError> {
-    let newline = match find_line(buf, b'\n', limits.max_inline_len) {
-        Line::Found(index) => index,
-        Line::Incomplete => return Ok(None),
-        Line::TooLong => return Err(RespError::InlineTooBig),
-    };
-    let line = &buf[..newline];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    split_args(line, args)?;
-    Ok(Some(newline + 1))
 }
 
 /// Splits an inline line into unescaped arguments, like Redis' `sdssplitargs`.
@@ -494,12 +672,7 @@ pub fn simple(out: &mut Vec<u8>, text: &str) {
 /// Appends an error reply. Like Redis, `-ERR ` is prepended unless `message`
 /// already starts with `-` (e.g. `-WRONGTYPE ...`). CR and LF become spaces.
 pub fn error(out: &mut Vec<u8>, message: &str) {
-    let bytes = message.as_bytes();
-    if !bytes.starts_with(b"-") {
-        out.extend_from_slice(b"-ERR ");
-    }
-    push_single_line(out, bytes);
-    out.extend_from_slice(b"\r\n");
+    error_bytes(out, message.as_bytes());
 }
 
 /// Appends `-ERR Protocol error: <text>\r\n` for a parse failure, the reply
@@ -546,6 +719,31 @@ pub fn array_header(out: &mut Vec<u8>, len: usize) {
 /// Appends the RESP2 null array, `*-1\r\n`.
 pub fn null_array(out: &mut Vec<u8>) {
     out.extend_from_slice(b"*-1\r\n");
+}
+
+/// Appends the RESP3 null, `_\r\n` (what RESP3 has instead of both RESP2
+/// nulls).
+pub fn null(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"_\r\n");
+}
+
+/// Appends the RESP3 map header `%<len>\r\n`; the caller then appends `len`
+/// key-value pairs.
+pub fn map_header(out: &mut Vec<u8>, len: usize) {
+    out.push(b'%');
+    super::push_u64(out, len as u64);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an error reply built from raw bytes (peer input quoted in the
+/// message is copied as it came, as Redis does, not re-encoded). `-ERR ` is
+/// prepended unless `message` starts with `-`; CR and LF become spaces.
+pub fn error_bytes(out: &mut Vec<u8>, message: &[u8]) {
+    if !message.starts_with(b"-") {
+        out.extend_from_slice(b"-ERR ");
+    }
+    push_single_line(out, message);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_single_line(out: &mut Vec<u8>, text: &[u8]) {
@@ -882,9 +1080,9 @@ mod tests {
 
     #[test]
     fn redis_int_rules() {
-        assert_eq!(parse_redis_int(b"0"), Some(0));
-        assert_eq!(parse_redis_int(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_redis_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
         for bad in [
             &b"9223372036854775808"[..],
             b"-",
@@ -894,7 +1092,7 @@ mod tests {
             b" 5",
             b"5 ",
         ] {
-            assert_eq!(parse_redis_int(bad), None, "{bad:?}");
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
         }
     }
 
@@ -917,17 +1115,18 @@ mod tests {
         Failed(RespError),
     }
 
-    /// Feeds `chunks` into a growing buffer the way an event loop would.
+    /// Feeds `chunks` into a growing buffer the way an event loop would,
+    /// through one [`RespParser`] that keeps its place between chunks.
     fn drive(chunks: &[&[u8]], limits: &RespLimits) -> Outcome {
         let mut buf = Vec::new();
-        let mut parsed = ArgBuf::new();
+        let mut parser = RespParser::new();
         let mut commands = Vec::new();
         for chunk in chunks {
             buf.extend_from_slice(chunk);
             loop {
-                match parse_command_into(&buf, limits, &mut parsed) {
+                match parser.parse(&buf, limits) {
                     Ok(Some(consumed)) => {
-                        commands.push(parsed.iter(&buf).map(<[u8]>::to_vec).collect());
+                        commands.push(parser.args().iter(&buf).map(<[u8]>::to_vec).collect());
                         buf.drain(..consumed);
                     }
                     Ok(None) => break,
@@ -940,6 +1139,71 @@ mod tests {
         }
         let end = End::Incomplete(buf.len());
         Outcome { commands, end }
+    }
+
+    /// The stateless [`parse_command_into`] over the whole stream at once.
+    fn drive_stateless(data: &[u8], limits: &RespLimits) -> Outcome {
+        let mut rest = data;
+        let mut args = ArgBuf::new();
+        let mut commands = Vec::new();
+        loop {
+            match parse_command_into(rest, limits, &mut args) {
+                Ok(Some(consumed)) => {
+                    commands.push(args.iter(rest).map(<[u8]>::to_vec).collect());
+                    rest = &rest[consumed..];
+                }
+                Ok(None) => {
+                    let end = End::Incomplete(rest.len());
+                    return Outcome { commands, end };
+                }
+                Err(err) => {
+                    let end = End::Failed(err);
+                    return Outcome { commands, end };
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slowly_arriving_request_is_searched_once() {
+        // About a million arguments (7 MB); the last 700 bytes arrive one
+        // at a time, as a slow or hostile client would send them.
+        let count = 1_000_000;
+        let mut request = format!("*{count}\r\n").into_bytes();
+        for _ in 0..count {
+            request.extend_from_slice(b"$1\r\na\r\n");
+        }
+        let limits = RespLimits::default();
+        let mut parser = RespParser::new();
+        let head = request.len() - 700;
+        assert_eq!(parser.parse(&request[..head], &limits), Ok(None));
+        let after_head = parser.examined();
+        for end in head + 1..request.len() {
+            assert_eq!(parser.parse(&request[..end], &limits), Ok(None));
+        }
+        assert_eq!(parser.parse(&request, &limits), Ok(Some(request.len())));
+        assert_eq!(parser.args().len(), count);
+        assert_eq!(parser.args().get(&request, count - 1), Some(&b"a"[..]));
+        // Line ends are searched for once per byte (plus a '\r' seen again
+        // while its '\n' is late); argument data is not searched at all.
+        let tail_work = parser.examined() - after_head;
+        assert!(
+            tail_work <= 2 * 700,
+            "the tail cost {tail_work} bytes of search"
+        );
+        assert!(parser.examined() <= request.len() as u64);
+    }
+
+    #[test]
+    fn a_slow_inline_line_is_searched_once() {
+        let limits = RespLimits::default();
+        let mut parser = RespParser::new();
+        let line = [vec![b'a'; 60_000], b"\r\n".to_vec()].concat();
+        for end in 1..line.len() {
+            assert_eq!(parser.parse(&line[..end], &limits), Ok(None));
+        }
+        assert_eq!(parser.parse(&line, &limits), Ok(Some(line.len())));
+        assert!(parser.examined() <= line.len() as u64);
     }
 
     /// Quotes `arg` so that `sdssplitargs` yields it back unchanged.
@@ -1032,7 +1296,7 @@ mod tests {
             let mut stream = Vec::new();
             requests.iter().for_each(|request| encode(request, &mut stream));
             let limits = RespLimits::default();
-            let whole = drive(&[&stream], &limits);
+            let whole = drive_stateless(&stream, &limits);
             let commands = requests.iter().map(expected_args).collect();
             prop_assert_eq!(&whole, &Outcome { commands, end: End::Incomplete(0) });
             prop_assert_eq!(drive(&split(&stream, &cuts), &limits), whole);
@@ -1045,7 +1309,7 @@ mod tests {
         ) {
             let data = parts.concat();
             let limits = tiny();
-            let whole = drive(&[&data], &limits);
+            let whole = drive_stateless(&data, &limits);
             prop_assert_eq!(drive(&split(&data, &cuts), &limits), whole);
         }
 
