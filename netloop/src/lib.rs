@@ -78,6 +78,7 @@ mod handler;
 mod accept;
 mod callback;
 mod close;
+mod commands;
 mod event_loop;
 mod io;
 mod timeouts;
