@@ -55,7 +55,8 @@ pub struct Config {
     /// Queued output above this makes a connection *full*
     /// ([`ConnRef::is_full`](crate::ConnRef::is_full)) until it is back down
     /// to `low_water`; then [`Handler::on_drained`](crate::Handler::on_drained)
-    /// is called.
+    /// is called. A connection can have its own marks instead
+    /// ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
     pub high_water: usize,
     /// See `high_water`.
     pub low_water: usize,

@@ -94,6 +94,15 @@ pub(crate) enum OutputLevel {
     Full,
 }
 
+/// The output levels at which a connection becomes full and drained
+/// again: `Config::high_water` and `Config::low_water` unless the handler
+/// set its own ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WaterMarks {
+    pub(crate) high: usize,
+    pub(crate) low: usize,
+}
+
 /// A reason to hold reading off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Hold {
@@ -150,6 +159,7 @@ pub(crate) struct Connection<S> {
     pub(crate) write: WriteSide,
     pub(crate) holds: ReadHolds,
     pub(crate) output_level: OutputLevel,
+    pub(crate) water: WaterMarks,
     /// An event reported a hang-up or error. Sticky: a read deferred by a
     /// hold or the budget must not trust a short read afterwards, since the
     /// event that announced the FIN has already been consumed.
@@ -189,6 +199,7 @@ impl<S> Connection<S> {
         peer: Option<SocketAddr>,
         origin: Origin,
         state: S,
+        water: WaterMarks,
         now_ns: u64,
     ) -> Self {
         Self {
@@ -203,6 +214,7 @@ impl<S> Connection<S> {
             write: WriteSide::Open,
             holds: ReadHolds::default(),
             output_level: OutputLevel::Normal,
+            water,
             hangup_seen: false,
             listed: Listed::default(),
             idle_timer: None,
