@@ -83,6 +83,16 @@ pub struct Config {
     /// How long a connection closed with output still queued may take to
     /// deliver it before it is closed anyway (nginx's `send_timeout`).
     pub close_timeout: Duration,
+    /// After a close asked for while the peer may still send (a
+    /// [`ConnRef::close`](crate::ConnRef::close) after a last response), send
+    /// FIN once the output is delivered, then read and discard the peer's
+    /// input for at most this long before closing the socket (nginx's
+    /// `lingering_close`/`lingering_time`). Closing with unread input makes
+    /// the kernel send RST, which can destroy the response before the peer
+    /// reads it. `None` closes as soon as the output is delivered.
+    pub linger_timeout: Option<Duration>,
+    /// Discarded input after which a lingering connection is closed anyway.
+    pub linger_bytes: usize,
     /// Set `TCP_NODELAY` on accepted and outbound connections.
     pub nodelay: bool,
     /// Spare buffers kept for reuse.
@@ -108,6 +118,8 @@ impl Default for Config {
             stop_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(30),
+            linger_timeout: Some(Duration::from_secs(5)),
+            linger_bytes: 256 * 1024,
             nodelay: true,
             spare_buffers: 1024,
         }

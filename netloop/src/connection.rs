@@ -2,7 +2,9 @@
 //! buffers, the user's state, and where it is in its life.
 //!
 //! Life is three separate things, each a small state machine:
-//! - [`Phase`]: connecting, open, stopping with the loop, or closing;
+//! - [`Phase`]: connecting, open, stopping with the loop, closing, or
+//!   lingering after the close (reading and discarding until the peer is
+//!   done);
 //! - [`ReadSide`]: open until the peer's FIN, and what to do after it;
 //! - [`WriteSide`]: open, FIN wanted once the output drains, or FIN sent.
 //!
@@ -63,6 +65,17 @@ pub(crate) enum Phase {
     Closing {
         reason: CloseReason,
         deadline: TimerId,
+    },
+    /// Closed by this side, its output delivered and FIN sent, while the
+    /// peer may still be sending: its input is read and discarded until its
+    /// FIN, `left` more bytes or the deadline, and only then is the socket
+    /// closed (nginx's lingering close). Closing a socket with unread input
+    /// makes the kernel send RST, which can destroy the response before the
+    /// peer has read it.
+    Lingering {
+        reason: CloseReason,
+        deadline: TimerId,
+        left: usize,
     },
 }
 
@@ -227,19 +240,24 @@ impl<S> Connection<S> {
         matches!(self.phase, Phase::Connecting { .. })
     }
 
-    /// The reason it is closing with, once a close waits for the output.
+    /// The reason it is closing with, once a close waits for the output
+    /// or lingers after it.
     pub(crate) fn closing_reason(&self) -> Option<CloseReason> {
         match self.phase {
-            Phase::Closing { reason, .. } => Some(reason),
+            Phase::Closing { reason, .. } | Phase::Lingering { reason, .. } => Some(reason),
             _ => None,
         }
     }
 
-    /// Whether the socket may be read now.
+    /// Whether the socket may be read now. A lingering connection is read
+    /// whatever held it before: its input only goes to the bin.
     pub(crate) fn may_read(&self) -> bool {
         self.read == ReadSide::Open
-            && self.holds.is_empty()
-            && matches!(self.phase, Phase::Open | Phase::Stopping)
+            && match self.phase {
+                Phase::Open | Phase::Stopping => self.holds.is_empty(),
+                Phase::Lingering { .. } => true,
+                Phase::Connecting { .. } | Phase::Closing { .. } => false,
+            }
     }
 
     /// Whether input is handed to the handler (a stopping loop drops it).

@@ -80,6 +80,7 @@ mod callback;
 mod close;
 mod event_loop;
 mod io;
+mod linger;
 mod timeouts;
 
 mod acceptor;
