@@ -65,6 +65,7 @@ impl<H: Handler> EventLoop<H> {
         let _ = self.core.epoll.delete(conn.fd.as_raw_fd());
         let timers = [
             conn.idle_timer.take(),
+            conn.send_timer.take(),
             match conn.phase {
                 Phase::Connecting { timeout } => Some(timeout),
                 Phase::Closing { deadline, .. } | Phase::Lingering { deadline, .. } => {

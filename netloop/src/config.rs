@@ -83,6 +83,12 @@ pub struct Config {
     /// How long a connection closed with output still queued may take to
     /// deliver it before it is closed anyway (nginx's `send_timeout`).
     pub close_timeout: Duration,
+    /// Close a connection whose queued output made no progress for this
+    /// long: the kernel refused every write in that time because the peer
+    /// does not read (nginx's `send_timeout`), closed as
+    /// [`CloseReason::SendTimeout`](crate::CloseReason::SendTimeout). A slow
+    /// reader cannot hold a slot forever. `None` waits for ever.
+    pub send_timeout: Option<Duration>,
     /// After a close asked for while the peer may still send (a
     /// [`ConnRef::close`](crate::ConnRef::close) after a last response), send
     /// FIN once the output is delivered, then read and discard the peer's
@@ -118,6 +124,7 @@ impl Default for Config {
             stop_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(30),
+            send_timeout: Some(Duration::from_secs(60)),
             linger_timeout: Some(Duration::from_secs(5)),
             linger_bytes: 256 * 1024,
             nodelay: true,

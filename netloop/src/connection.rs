@@ -180,6 +180,10 @@ pub(crate) struct Connection<S> {
     pub(crate) listed: Listed,
     pub(crate) idle_timer: Option<TimerId>,
     pub(crate) last_active_ns: u64,
+    /// The send timeout, armed once a write is refused (re-armed lazily).
+    pub(crate) send_timer: Option<TimerId>,
+    /// When a write last made progress.
+    pub(crate) last_sent_ns: u64,
     /// The interest registered with epoll now.
     pub(crate) interest: u32,
 }
@@ -232,6 +236,8 @@ impl<S> Connection<S> {
             listed: Listed::default(),
             idle_timer: None,
             last_active_ns: now_ns,
+            send_timer: None,
+            last_sent_ns: now_ns,
             interest: 0,
         }
     }
@@ -313,6 +319,7 @@ impl<S> Connection<S> {
                     let partial = n < pending.len();
                     self.output.consume(n);
                     self.last_active_ns = io.now_ns;
+                    self.last_sent_ns = io.now_ns;
                     io.stats.bytes_written += n as u64;
                     if partial {
                         return WriteOutcome::Blocked;

@@ -352,6 +352,26 @@ impl<S> Core<S> {
         }
     }
 
+    /// Output is waiting for the kernel: make sure the send timeout watches
+    /// `id`. Armed once; the expiry re-arms it while writes make progress.
+    pub(crate) fn arm_send_timer(&mut self, id: ConnId) {
+        let Some(timeout) = self.config.send_timeout else {
+            return;
+        };
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        if conn.send_timer.is_some() {
+            return;
+        }
+        let timer = self
+            .timers
+            .insert(self.clock.after(timeout), TimerKind::Send(id));
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.send_timer = Some(timer);
+        }
+    }
+
     /// Puts a new connection in the pool and registers it (one-shot slots
     /// register when the worker hands it back).
     pub(crate) fn insert(&mut self, mut conn: Connection<S>) -> Result<ConnId, Error> {

@@ -126,7 +126,10 @@ impl<H: Handler> EventLoop<H> {
         let outcome = conn.write_out(&mut io);
         let fin = match outcome {
             WriteOutcome::Drained => conn.send_fin_if_due(),
-            WriteOutcome::Blocked => Ok(()),
+            WriteOutcome::Blocked => {
+                self.core.arm_send_timer(id);
+                Ok(())
+            }
             WriteOutcome::Failed(reason) => Err(reason),
         };
         if let Err(reason) = fin {
