@@ -128,7 +128,12 @@ impl Hello {
 
     /// Answers every complete request in `input`, until the output holds
     /// more than `max_unsent` bytes.
-    fn answer(&mut self, input: &mut Buffer, output: &mut Vec<u8>, state: &mut HttpConn) -> Answered {
+    fn answer(
+        &mut self,
+        input: &mut Buffer,
+        output: &mut Vec<u8>,
+        state: &mut HttpConn,
+    ) -> Answered {
         let date = *self.date.update(SystemTime::now());
         loop {
             match skip_body(input, &mut state.body) {
@@ -327,7 +332,10 @@ impl Handler for Hello {
                     self.time_out(conn);
                 }
             }
-            Guard::Body { timer: armed, last_read } if armed == timer => {
+            Guard::Body {
+                timer: armed,
+                last_read,
+            } if armed == timer => {
                 let deadline = last_read + self.body_timeout;
                 if deadline <= now {
                     conn.state().guard = Guard::None;

@@ -74,7 +74,11 @@ fn a_close_with_unread_input_lingers_so_the_reply_arrives_whole() {
     }
     let stats = server.finish();
     assert_eq!(stats.lingering_closes, 3);
-    assert_eq!(stats.closed_for(CloseReason::Closed), 3, "the reason it closed for");
+    assert_eq!(
+        stats.closed_for(CloseReason::Closed),
+        3,
+        "the reason it closed for"
+    );
 }
 
 #[test]

@@ -351,7 +351,8 @@ impl RequestFields {
                     _ => HostField::Invalid,
                 };
             } else if name.eq_ignore_ascii_case("expect") {
-                fields.expect_continue |= trim_ows(header.value).eq_ignore_ascii_case(b"100-continue");
+                fields.expect_continue |=
+                    trim_ows(header.value).eq_ignore_ascii_case(b"100-continue");
             }
         }
         Ok(fields)
@@ -1050,7 +1051,10 @@ mod tests {
             ("1.1", "Host: \r\n"),
             ("1.1", "Host: a:\r\n"),
         ] {
-            assert!(get(version, headers).unwrap().is_some(), "{version} {headers:?}");
+            assert!(
+                get(version, headers).unwrap().is_some(),
+                "{version} {headers:?}"
+            );
         }
     }
 
@@ -1073,7 +1077,11 @@ mod tests {
             assert_eq!(parse(&input[..cut]), Ok(None), "cut at {cut}");
         }
         assert_eq!(head(b"GET / HTTP/1.9\r\nHost: x\r\n\r\n").version, 11);
-        for bad in [&b"GET / HTTP/2.1\r\n\r\n"[..], b"GET / HTTP/1.22\r\n\r\n", b"GET / HTTP/1.x\r\n\r\n"] {
+        for bad in [
+            &b"GET / HTTP/2.1\r\n\r\n"[..],
+            b"GET / HTTP/1.22\r\n\r\n",
+            b"GET / HTTP/1.x\r\n\r\n",
+        ] {
             assert_eq!(parse(bad), Err(HttpError::Malformed), "{bad:?}");
         }
     }
@@ -1083,7 +1091,10 @@ mod tests {
         let mut line = b"GET /".to_vec();
         line.resize(8 * 1024, b'a');
         let err = parse(&line).unwrap_err();
-        assert_eq!((err, err.status(), err.reason()), (HttpError::UriTooLong, 414, "URI Too Long"));
+        assert_eq!(
+            (err, err.status(), err.reason()),
+            (HttpError::UriTooLong, 414, "URI Too Long")
+        );
         let mut fields = b"GET / HTTP/1.1\r\nX: ".to_vec();
         fields.resize(8 * 1024, b'a');
         assert_eq!(parse(&fields), Err(HttpError::HeadersTooLarge));
@@ -1095,8 +1106,11 @@ mod tests {
     #[test]
     fn expect_100_continue_is_reported_for_http_1_1() {
         let with = |version: &str, value: &str| {
-            head(&with_headers(version, &format!("Expect: {value}\r\nContent-Length: 5\r\n")))
-                .expect_continue
+            head(&with_headers(
+                version,
+                &format!("Expect: {value}\r\nContent-Length: 5\r\n"),
+            ))
+            .expect_continue
         };
         assert!(with("1.1", "100-continue"));
         assert!(with("1.1", "100-Continue "));
