@@ -324,8 +324,8 @@ fn pipelining_without_reading_costs_a_bounded_few_kib_per_connection() {
                         sent += n;
                         progress = true;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("write: {e}"),
+                    // A reset shows in the server's count of connections.
+                    Err(_) => {}
                 }
             }
             if !progress {
@@ -356,7 +356,12 @@ fn pipelining_without_reading_costs_a_bounded_few_kib_per_connection() {
     // buffers, doubled as they grow): nginx grows 0–12 KiB per connection;
     // before the bound this was about 1.6 MiB.
     assert!(per_conn < 128 * 1024, "{per_conn} bytes per connection");
-    assert_eq!(event_loop.connection_count(), CONNS, "none was closed");
+    assert_eq!(
+        event_loop.connection_count(),
+        CONNS,
+        "none was closed: {:?}",
+        event_loop.stats().closed
+    );
     drop(conns);
 }
 
