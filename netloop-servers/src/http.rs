@@ -127,12 +127,13 @@ impl Hello {
     }
 
     /// Answers every complete request in `input`, until the output holds
-    /// more than `max_unsent` bytes.
+    /// more than `max_unsent` bytes. `heads` counts the heads parsed.
     fn answer(
         &mut self,
         input: &mut Buffer,
         output: &mut Vec<u8>,
         state: &mut HttpConn,
+        heads: &mut usize,
     ) -> Answered {
         let date = *self.date.update(SystemTime::now());
         loop {
@@ -165,6 +166,7 @@ impl Hello {
             match parse_request(input.as_slice(), &self.limits) {
                 Ok(None) => return Answered::NeedInput,
                 Ok(Some(head)) => {
+                    *heads += 1;
                     input.consume(head.head_len);
                     state.body = match head.body {
                         BodyKind::None => BodyLeft::None,
@@ -190,7 +192,8 @@ impl Hello {
     fn serve(&mut self, conn: &mut Conn<'_, HttpConn>) {
         let parts = conn.parts();
         let mut output = parts.output;
-        let answered = self.answer(parts.input, output.vec(), parts.state);
+        let mut heads = 0;
+        let answered = self.answer(parts.input, output.vec(), parts.state, &mut heads);
         let wanted = match answered {
             Answered::Close(reason) => {
                 self.set_guard(conn, Wanted::None);
@@ -199,6 +202,8 @@ impl Hello {
             }
             Answered::OutputFull => Wanted::None,
             Answered::NeedInput if conn.state().pending.is_some() => Wanted::Body,
+            // A head completed: the next one has a timeout of its own.
+            Answered::NeedInput if !conn.input().is_empty() && heads > 0 => Wanted::NewHead,
             Answered::NeedInput if !conn.input().is_empty() => Wanted::Head,
             Answered::NeedInput => Wanted::None,
         };
@@ -221,7 +226,9 @@ impl Hello {
                 }
                 match wanted {
                     Wanted::None => Guard::None,
-                    Wanted::Head => Guard::Head(conn.set_timer(self.header_timeout, 0)),
+                    Wanted::Head | Wanted::NewHead => {
+                        Guard::Head(conn.set_timer(self.header_timeout, 0))
+                    }
                     Wanted::Body => Guard::Body {
                         timer: conn.set_timer(self.body_timeout, 0),
                         last_read: now,
@@ -255,7 +262,10 @@ impl Hello {
 #[derive(Clone, Copy)]
 enum Wanted {
     None,
+    /// The head under way (the timer keeps running).
     Head,
+    /// A head begun after another completed (the timer starts again).
+    NewHead,
     Body,
 }
 

@@ -191,6 +191,30 @@ fn a_silent_connection_is_closed_at_the_header_timeout_counted_from_accept() {
 }
 
 #[test]
+fn each_pipelined_head_has_its_own_header_timeout() {
+    let server = server();
+    let mut c = client(server.addr);
+    let mut reader = c.try_clone().expect("clone");
+    let answers = thread::spawn(move || read_to_end(&mut reader));
+    // 25-byte pieces of 27-byte requests: the input nearly always ends in
+    // the middle of a head, for far longer than the header timeout, while
+    // every head completes quickly.
+    let stream = GET.repeat(80);
+    for piece in stream.chunks(25) {
+        c.write_all(piece).expect("write");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(100));
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let (got, end) = answers.join().expect("reader");
+    let seen = statuses(&got);
+    assert_eq!(seen.iter().filter(|s| **s == 200).count(), 80, "{seen:?}");
+    assert_eq!(seen.len(), 80, "no 408: {seen:?}");
+    assert_eq!(end, End::Closed);
+    server.finish();
+}
+
+#[test]
 fn a_slow_body_is_timed_between_reads() {
     let server = server();
     // Bytes more often than the timeout: served however long it takes.
