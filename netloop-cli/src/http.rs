@@ -42,12 +42,18 @@ pub fn run(mut args: HttpArgs) -> Result<(), ServeError> {
         max_body: args.max_body,
         ..HttpLimits::default()
     };
-    let header_timeout = Duration::from_secs_f64(args.header_timeout.max(0.001).min(1e9));
-    let body_timeout = Duration::from_secs_f64(args.body_timeout.max(0.001).min(1e9));
+    let header_timeout = timeout_secs(args.header_timeout);
+    let body_timeout = timeout_secs(args.body_timeout);
     let max_unsent = args.max_unsent;
     serve(&args.server, move |_| {
         Hello::new(limits, header_timeout)
             .with_body_timeout(body_timeout)
             .with_max_unsent(max_unsent)
     })
+}
+
+/// A timeout of `secs` seconds, at least a millisecond (also for NaN).
+fn timeout_secs(secs: f64) -> Duration {
+    let secs = if secs.is_nan() { 0.0 } else { secs };
+    Duration::from_secs_f64(secs.clamp(0.001, 1e9))
 }
