@@ -160,6 +160,8 @@ fn server_args(args: &BenchArgs) -> ServerArgs {
         pool_full: PoolFull::Close,
         trigger: TriggerArg::Edge,
         stop_timeout: 0.5,
+        send_timeout: 60.0,
+        linger_timeout: 5.0,
         threads: Some(args.threads),
         mode: args.mode,
         exclusive: false,

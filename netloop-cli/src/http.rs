@@ -19,9 +19,18 @@ pub struct HttpArgs {
     /// Largest request body in bytes (413 above it).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body: usize,
-    /// Seconds a request head may take to arrive (slowloris guard).
+    /// Seconds a request head may take to arrive, counted from accept for
+    /// the first one (slowloris guard; nginx's client_header_timeout).
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
+    /// Seconds allowed between two reads of a request body (slow-body
+    /// guard; nginx's client_body_timeout).
+    #[arg(long, default_value_t = 10.0)]
+    body_timeout: f64,
+    /// Bytes of unsent responses above which a connection's further
+    /// pipelined requests wait (and it is no longer read).
+    #[arg(long, default_value_t = netloop_servers::http::DEFAULT_MAX_UNSENT)]
+    max_unsent: usize,
 }
 
 /// Runs the HTTP server until SIGINT or SIGTERM.
@@ -33,6 +42,18 @@ pub fn run(mut args: HttpArgs) -> Result<(), ServeError> {
         max_body: args.max_body,
         ..HttpLimits::default()
     };
-    let header_timeout = Duration::from_secs_f64(args.header_timeout.max(0.001));
-    serve(&args.server, move |_| Hello::new(limits, header_timeout))
+    let header_timeout = timeout_secs(args.header_timeout);
+    let body_timeout = timeout_secs(args.body_timeout);
+    let max_unsent = args.max_unsent;
+    serve(&args.server, move |_| {
+        Hello::new(limits, header_timeout)
+            .with_body_timeout(body_timeout)
+            .with_max_unsent(max_unsent)
+    })
+}
+
+/// A timeout of `secs` seconds, at least a millisecond (also for NaN).
+fn timeout_secs(secs: f64) -> Duration {
+    let secs = if secs.is_nan() { 0.0 } else { secs };
+    Duration::from_secs_f64(secs.clamp(0.001, 1e9))
 }

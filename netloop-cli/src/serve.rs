@@ -51,6 +51,16 @@ pub struct ServerArgs {
     /// Edge- or level-triggered epoll registration.
     #[arg(long, value_enum, default_value_t = TriggerArg::Edge)]
     pub trigger: TriggerArg,
+    /// Seconds queued output may wait without any write making progress
+    /// before the connection is closed (a peer that does not read); 0 waits
+    /// for ever.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub send_timeout: f64,
+    /// Seconds a connection closed while its peer may still send keeps
+    /// reading and discarding before it is closed (lingering close); 0
+    /// closes at once.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub linger_timeout: f64,
     /// Seconds a graceful stop lets connections drain.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub stop_timeout: f64,
@@ -124,12 +134,19 @@ impl ServerArgs {
                 TriggerArg::Level => Trigger::Level,
             },
             stop_timeout: Duration::from_secs_f64(self.stop_timeout.max(0.0)),
+            send_timeout: positive_secs(self.send_timeout),
+            linger_timeout: positive_secs(self.linger_timeout),
             high_water: self.high_water,
             max_input: self.max_input.unwrap_or(defaults.max_input),
             low_water: (self.high_water / 4).min(defaults.low_water),
             ..defaults
         }
     }
+}
+
+/// `secs` as a duration, or `None` for zero, negative or not a number.
+fn positive_secs(secs: f64) -> Option<Duration> {
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
 }
 
 /// A server started by one of the modes, seen the same way whatever the mode.

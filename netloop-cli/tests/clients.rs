@@ -50,6 +50,37 @@ fn curl_reuses_the_connection_speaks_http_1_0_and_head() {
 }
 
 #[test]
+fn curl_posting_4_kib_gets_100_continue_without_waiting() {
+    let server = start(&["http", "--threads", "1"]);
+    let body = "b".repeat(4096);
+    let started = std::time::Instant::now();
+    // curl sends `Expect: 100-continue` by itself above a size that
+    // changed across versions (1 KiB, later 1 MiB); ask for it explicitly,
+    // and give up waiting for the interim answer only after 30 s, so that a
+    // server that never sends it shows.
+    let out = tool(
+        "curl",
+        &[
+            "-sv",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "30",
+            "--data-binary",
+            &body,
+            &server.url("/upload"),
+        ],
+    );
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Hello, World!");
+    let log = text(&out.stderr);
+    assert!(log.contains("> Expect: 100-continue"), "{log}");
+    assert!(log.contains("< HTTP/1.1 100 Continue"), "{log}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
 fn wrk_short_run_has_no_errors() {
     let server = start(&["http", "--threads", "1"]);
     let out = tool("wrk", &["-t1", "-c32", "-d2s", &server.url("/")]);

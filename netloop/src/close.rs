@@ -52,15 +52,24 @@ impl<H: Handler> EventLoop<H> {
             return;
         };
         self.core.occupants.publish_close(id);
-        let reason = stopping_renames(conn.phase, reason);
+        let reason = match conn.phase {
+            // The close was decided before lingering; what ends the
+            // lingering (the peer's FIN, a reset, the deadline) does not
+            // rename it.
+            Phase::Lingering { reason, .. } => reason,
+            phase => stopping_renames(phase, reason),
+        };
         // Deleting explicitly matters when the fd was dup'd: close alone
         // would leave the registration alive for the duplicate.
         let _ = self.core.epoll.delete(conn.fd.as_raw_fd());
         let timers = [
             conn.idle_timer.take(),
+            conn.send_timer.take(),
             match conn.phase {
                 Phase::Connecting { timeout } => Some(timeout),
-                Phase::Closing { deadline, .. } => Some(deadline),
+                Phase::Closing { deadline, .. } | Phase::Lingering { deadline, .. } => {
+                    Some(deadline)
+                }
                 Phase::Open | Phase::Stopping => None,
             },
         ];

@@ -40,12 +40,16 @@ pub enum CloseReason {
     ConnectFailed,
     /// An outbound connection did not connect within the connect timeout.
     ConnectTimeout,
+    /// Output was queued and no write made progress for the send timeout
+    /// ([`Config::send_timeout`](crate::Config::send_timeout)): a peer that
+    /// does not read.
+    SendTimeout,
 }
 
 impl CloseReason {
     /// One reason per counter, in the order [`Stats::closed`](crate::Stats::closed)
     /// counts them (`Protocol` stands for every protocol error).
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::IdleTimeout,
@@ -58,6 +62,7 @@ impl CloseReason {
         CloseReason::OutputLimit,
         CloseReason::ConnectFailed,
         CloseReason::ConnectTimeout,
+        CloseReason::SendTimeout,
     ];
 
     /// The counter's name, for logs and tables (`"protocol_error"` for
@@ -76,6 +81,7 @@ impl CloseReason {
             CloseReason::OutputLimit => "output_limit",
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::SendTimeout => "send_timeout",
         }
     }
 
@@ -94,6 +100,7 @@ impl CloseReason {
             CloseReason::OutputLimit => 9,
             CloseReason::ConnectFailed => 10,
             CloseReason::ConnectTimeout => 11,
+            CloseReason::SendTimeout => 12,
         }
     }
 }

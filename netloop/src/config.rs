@@ -55,7 +55,8 @@ pub struct Config {
     /// Queued output above this makes a connection *full*
     /// ([`ConnRef::is_full`](crate::ConnRef::is_full)) until it is back down
     /// to `low_water`; then [`Handler::on_drained`](crate::Handler::on_drained)
-    /// is called.
+    /// is called. A connection can have its own marks instead
+    /// ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
     pub high_water: usize,
     /// See `high_water`.
     pub low_water: usize,
@@ -82,6 +83,22 @@ pub struct Config {
     /// How long a connection closed with output still queued may take to
     /// deliver it before it is closed anyway (nginx's `send_timeout`).
     pub close_timeout: Duration,
+    /// Close a connection whose queued output made no progress for this
+    /// long: the kernel refused every write in that time because the peer
+    /// does not read (nginx's `send_timeout`), closed as
+    /// [`CloseReason::SendTimeout`](crate::CloseReason::SendTimeout). A slow
+    /// reader cannot hold a slot forever. `None` waits for ever.
+    pub send_timeout: Option<Duration>,
+    /// After a close asked for while the peer may still send (a
+    /// [`ConnRef::close`](crate::ConnRef::close) after a last response), send
+    /// FIN once the output is delivered, then read and discard the peer's
+    /// input for at most this long before closing the socket (nginx's
+    /// `lingering_close`/`lingering_time`). Closing with unread input makes
+    /// the kernel send RST, which can destroy the response before the peer
+    /// reads it. `None` closes as soon as the output is delivered.
+    pub linger_timeout: Option<Duration>,
+    /// Discarded input after which a lingering connection is closed anyway.
+    pub linger_bytes: usize,
     /// Set `TCP_NODELAY` on accepted and outbound connections.
     pub nodelay: bool,
     /// Spare buffers kept for reuse.
@@ -107,6 +124,9 @@ impl Default for Config {
             stop_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(30),
+            send_timeout: Some(Duration::from_secs(60)),
+            linger_timeout: Some(Duration::from_secs(5)),
+            linger_bytes: 256 * 1024,
             nodelay: true,
             spare_buffers: 1024,
         }

@@ -2,7 +2,9 @@
 //! buffers, the user's state, and where it is in its life.
 //!
 //! Life is three separate things, each a small state machine:
-//! - [`Phase`]: connecting, open, stopping with the loop, or closing;
+//! - [`Phase`]: connecting, open, stopping with the loop, closing, or
+//!   lingering after the close (reading and discarding until the peer is
+//!   done);
 //! - [`ReadSide`]: open until the peer's FIN, and what to do after it;
 //! - [`WriteSide`]: open, FIN wanted once the output drains, or FIN sent.
 //!
@@ -64,6 +66,17 @@ pub(crate) enum Phase {
         reason: CloseReason,
         deadline: TimerId,
     },
+    /// Closed by this side, its output delivered and FIN sent, while the
+    /// peer may still be sending: its input is read and discarded until its
+    /// FIN, `left` more bytes or the deadline, and only then is the socket
+    /// closed (nginx's lingering close). Closing a socket with unread input
+    /// makes the kernel send RST, which can destroy the response before the
+    /// peer has read it.
+    Lingering {
+        reason: CloseReason,
+        deadline: TimerId,
+        left: usize,
+    },
 }
 
 /// The receiving half.
@@ -92,6 +105,15 @@ pub(crate) enum OutputLevel {
     Normal,
     /// Passed the high-water mark and not yet drained to the low-water mark.
     Full,
+}
+
+/// The output levels at which a connection becomes full and drained
+/// again: `Config::high_water` and `Config::low_water` unless the handler
+/// set its own ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WaterMarks {
+    pub(crate) high: usize,
+    pub(crate) low: usize,
 }
 
 /// A reason to hold reading off.
@@ -150,6 +172,7 @@ pub(crate) struct Connection<S> {
     pub(crate) write: WriteSide,
     pub(crate) holds: ReadHolds,
     pub(crate) output_level: OutputLevel,
+    pub(crate) water: WaterMarks,
     /// An event reported a hang-up or error. Sticky: a read deferred by a
     /// hold or the budget must not trust a short read afterwards, since the
     /// event that announced the FIN has already been consumed.
@@ -157,6 +180,10 @@ pub(crate) struct Connection<S> {
     pub(crate) listed: Listed,
     pub(crate) idle_timer: Option<TimerId>,
     pub(crate) last_active_ns: u64,
+    /// The send timeout, armed once a write is refused (re-armed lazily).
+    pub(crate) send_timer: Option<TimerId>,
+    /// When a write last made progress.
+    pub(crate) last_sent_ns: u64,
     /// The interest registered with epoll now.
     pub(crate) interest: u32,
 }
@@ -189,6 +216,7 @@ impl<S> Connection<S> {
         peer: Option<SocketAddr>,
         origin: Origin,
         state: S,
+        water: WaterMarks,
         now_ns: u64,
     ) -> Self {
         Self {
@@ -203,10 +231,13 @@ impl<S> Connection<S> {
             write: WriteSide::Open,
             holds: ReadHolds::default(),
             output_level: OutputLevel::Normal,
+            water,
             hangup_seen: false,
             listed: Listed::default(),
             idle_timer: None,
             last_active_ns: now_ns,
+            send_timer: None,
+            last_sent_ns: now_ns,
             interest: 0,
         }
     }
@@ -215,19 +246,24 @@ impl<S> Connection<S> {
         matches!(self.phase, Phase::Connecting { .. })
     }
 
-    /// The reason it is closing with, once a close waits for the output.
+    /// The reason it is closing with, once a close waits for the output
+    /// or lingers after it.
     pub(crate) fn closing_reason(&self) -> Option<CloseReason> {
         match self.phase {
-            Phase::Closing { reason, .. } => Some(reason),
+            Phase::Closing { reason, .. } | Phase::Lingering { reason, .. } => Some(reason),
             _ => None,
         }
     }
 
-    /// Whether the socket may be read now.
+    /// Whether the socket may be read now. A lingering connection is read
+    /// whatever held it before: its input only goes to the bin.
     pub(crate) fn may_read(&self) -> bool {
         self.read == ReadSide::Open
-            && self.holds.is_empty()
-            && matches!(self.phase, Phase::Open | Phase::Stopping)
+            && match self.phase {
+                Phase::Open | Phase::Stopping => self.holds.is_empty(),
+                Phase::Lingering { .. } => true,
+                Phase::Connecting { .. } | Phase::Closing { .. } => false,
+            }
     }
 
     /// Whether input is handed to the handler (a stopping loop drops it).
@@ -283,6 +319,7 @@ impl<S> Connection<S> {
                     let partial = n < pending.len();
                     self.output.consume(n);
                     self.last_active_ns = io.now_ns;
+                    self.last_sent_ns = io.now_ns;
                     io.stats.bytes_written += n as u64;
                     if partial {
                         return WriteOutcome::Blocked;

@@ -12,7 +12,9 @@ use crate::buffer::BufferPool;
 use crate::clock::Clock;
 use crate::close_reason::CloseReason;
 use crate::config::Config;
-use crate::connection::{Connection, Hold, IoContext, Origin, OutputLevel, Phase, WriteSide};
+use crate::connection::{
+    Connection, Hold, IoContext, Origin, OutputLevel, Phase, WaterMarks, WriteSide,
+};
 use crate::error::Error;
 use crate::listeners::Listeners;
 use crate::occupants::Occupants;
@@ -222,11 +224,10 @@ impl<S> Core<S> {
     /// reading, unless the config says otherwise).
     pub(crate) fn output_grew(&mut self, id: ConnId) {
         self.schedule_flush(id);
-        let high_water = self.config.high_water;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.output_level == OutputLevel::Normal && conn.output.len() > high_water {
+        if conn.output_level == OutputLevel::Normal && conn.output.len() > conn.water.high {
             conn.output_level = OutputLevel::Full;
             if self.config.pause_when_full {
                 self.hold_reading(id, Hold::OutputFull);
@@ -237,14 +238,38 @@ impl<S> Core<S> {
     /// After a flush left `id` with at most the low-water mark queued: no
     /// longer full; its handler hears `on_drained` this turn.
     pub(crate) fn output_drained(&mut self, id: ConnId) {
-        let low_water = self.config.low_water;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.output_level == OutputLevel::Full && conn.output.len() <= low_water {
+        if conn.output_level == OutputLevel::Full && conn.output.len() <= conn.water.low {
             conn.output_level = OutputLevel::Normal;
             self.drained.push(id);
             self.release_reading(id, Hold::OutputFull);
+        }
+    }
+
+    /// The config's water marks, which every connection starts with.
+    pub(crate) fn default_water_marks(&self) -> WaterMarks {
+        WaterMarks {
+            high: self.config.high_water,
+            low: self.config.low_water.min(self.config.high_water),
+        }
+    }
+
+    /// Gives `id` its own water marks, and re-checks its level against them.
+    pub(crate) fn set_water_marks(&mut self, id: ConnId, high: usize, low: usize) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.water = WaterMarks {
+            high,
+            low: low.min(high),
+        };
+        let len = conn.output.len();
+        match conn.output_level {
+            OutputLevel::Normal if len > high => self.output_grew(id),
+            OutputLevel::Full => self.output_drained(id),
+            OutputLevel::Normal => {}
         }
     }
 
@@ -327,6 +352,26 @@ impl<S> Core<S> {
         }
     }
 
+    /// Output is waiting for the kernel: make sure the send timeout watches
+    /// `id`. Armed once; the expiry re-arms it while writes make progress.
+    pub(crate) fn arm_send_timer(&mut self, id: ConnId) {
+        let Some(timeout) = self.config.send_timeout else {
+            return;
+        };
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        if conn.send_timer.is_some() {
+            return;
+        }
+        let timer = self
+            .timers
+            .insert(self.clock.after(timeout), TimerKind::Send(id));
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.send_timer = Some(timer);
+        }
+    }
+
     /// Puts a new connection in the pool and registers it (one-shot slots
     /// register when the worker hands it back).
     pub(crate) fn insert(&mut self, mut conn: Connection<S>) -> Result<ConnId, Error> {
@@ -357,8 +402,15 @@ impl<S> Core<S> {
             return Err(Error::PoolFull);
         }
         let fd = socket::connect(addr)?;
-        let mut conn =
-            Connection::new(fd, Some(addr), Origin::Outbound, state, self.clock.now_ns());
+        let water = self.default_water_marks();
+        let mut conn = Connection::new(
+            fd,
+            Some(addr),
+            Origin::Outbound,
+            state,
+            water,
+            self.clock.now_ns(),
+        );
         conn.phase = Phase::Connecting {
             timeout: TimerId::UNARMED,
         };

@@ -173,6 +173,32 @@ impl<'a, S> ConnRef<'a, S> {
         self.ctx.core.is_full(self.id)
     }
 
+    /// Gives this connection its own water marks in place of
+    /// [`Config::high_water`](crate::Config::high_water) and
+    /// [`Config::low_water`](crate::Config::low_water): it is
+    /// [full](Self::is_full) once more than `high` bytes are queued, and
+    /// [`Handler::on_drained`](crate::Handler::on_drained) is called once it
+    /// is back at `low` (at most `high`). A request/response server sets a
+    /// small bound here, so that a client pipelining requests it never
+    /// reads the answers to costs little memory, without the loop-wide
+    /// default a bulk sender needs.
+    ///
+    /// ```
+    /// use netloop::{Conn, Handler};
+    ///
+    /// struct Small;
+    /// impl Handler for Small {
+    ///     type State = ();
+    ///     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+    ///         conn.set_water_marks(32 * 1024, 8 * 1024);
+    ///     }
+    ///     fn on_data(&mut self, _conn: &mut Conn<'_, ()>) {}
+    /// }
+    /// ```
+    pub fn set_water_marks(&mut self, high: usize, low: usize) {
+        self.ctx.core.set_water_marks(self.id, high, low);
+    }
+
     /// Closes the connection once its queued output is written.
     pub fn close(&mut self) {
         self.close_with(CloseReason::Closed);

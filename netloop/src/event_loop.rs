@@ -321,6 +321,7 @@ impl<H: Handler> EventLoop<H> {
             peer,
             Origin::Accepted,
             H::State::default(),
+            self.core.default_water_marks(),
             self.core.clock.now_ns(),
         );
         let id = match self.core.insert(conn) {

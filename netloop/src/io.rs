@@ -53,7 +53,7 @@ impl<H: Handler> EventLoop<H> {
             Some(conn) if conn.delivers_input() => {
                 self.call(id, |handler, conn| handler.on_data(conn));
             }
-            Some(conn) => conn.input.consume(usize::MAX),
+            Some(_) => self.discard_lingering_input(id),
             None => {}
         }
     }
@@ -126,7 +126,10 @@ impl<H: Handler> EventLoop<H> {
         let outcome = conn.write_out(&mut io);
         let fin = match outcome {
             WriteOutcome::Drained => conn.send_fin_if_due(),
-            WriteOutcome::Blocked => Ok(()),
+            WriteOutcome::Blocked => {
+                self.core.arm_send_timer(id);
+                Ok(())
+            }
             WriteOutcome::Failed(reason) => Err(reason),
         };
         if let Err(reason) = fin {
@@ -141,12 +144,12 @@ impl<H: Handler> EventLoop<H> {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
-        if conn.output.is_empty()
-            && let Some(reason) = conn.closing_reason()
-        {
-            self.core.request_close(id, reason, CloseMode::Now);
-            self.drain_closes();
-            return;
+        match conn.phase {
+            Phase::Closing { reason, .. } if conn.output.is_empty() => {
+                return self.output_delivered_on_close(id, reason);
+            }
+            Phase::Lingering { .. } => return,
+            _ => {}
         }
         self.core.output_drained(id);
         self.close_if_both_halves_done(id);

@@ -81,6 +81,7 @@ mod close;
 mod commands;
 mod event_loop;
 mod io;
+mod linger;
 mod timeouts;
 
 mod acceptor;

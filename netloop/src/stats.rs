@@ -46,6 +46,10 @@ pub struct Stats {
     pub handler_panics: u64,
     /// Turns that found posted work (a budget-limited read or a resume).
     pub posted_runs: u64,
+    /// Closes that lingered: FIN sent after the output, the peer's further
+    /// input read and discarded before the socket closed
+    /// ([`Config::linger_timeout`](crate::Config::linger_timeout)).
+    pub lingering_closes: u64,
 }
 
 impl Stats {
@@ -88,6 +92,7 @@ impl Stats {
         self.handler_panics += other.handler_panics;
         self.rearms += other.rearms;
         self.oneshot_contention += other.oneshot_contention;
+        self.lingering_closes += other.lingering_closes;
     }
 }
 

@@ -35,6 +35,7 @@ impl<H: Handler> EventLoop<H> {
     pub(crate) fn run_timer(&mut self, timer: TimerId, kind: TimerKind) {
         match kind {
             TimerKind::Idle(id) => self.idle_check(id),
+            TimerKind::Send(id) => self.send_check(id),
             TimerKind::User { conn, data } => {
                 self.call(conn, |handler, c| handler.on_timer(c, timer, data));
             }
@@ -65,6 +66,33 @@ impl<H: Handler> EventLoop<H> {
                 .request_close(id, CloseReason::Shutdown, CloseMode::Now);
         }
         self.drain_closes();
+    }
+
+    /// The send timeout: output queued and no write progress for that long.
+    fn send_check(&mut self, id: ConnId) {
+        let Some(timeout) = self.core.config.send_timeout else {
+            return;
+        };
+        let now = self.core.clock.now_ns();
+        let Some(conn) = self.core.conns.get_mut(id) else {
+            return;
+        };
+        conn.send_timer = None;
+        if conn.output.is_empty() {
+            // Drained since: the next refused write arms it again.
+            return;
+        }
+        let deadline = conn
+            .last_sent_ns
+            .saturating_add(crate::clock::duration_ns(timeout));
+        if deadline <= now {
+            self.close_now(id, CloseReason::SendTimeout);
+        } else {
+            let timer = self.core.timers.insert(deadline, TimerKind::Send(id));
+            if let Some(conn) = self.core.conns.get_mut(id) {
+                conn.send_timer = Some(timer);
+            }
+        }
     }
 
     fn idle_check(&mut self, id: ConnId) {

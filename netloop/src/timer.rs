@@ -50,6 +50,9 @@ pub(crate) enum TimerKind {
     ConnectTimeout(ConnId),
     /// Give up delivering a closing connection's output.
     CloseDeadline(ConnId),
+    /// Check that a connection's queued output made progress lately
+    /// (re-armed lazily on progress).
+    Send(ConnId),
     /// Resume accepting after a pause (EMFILE and friends).
     AcceptResume,
     /// An acceptor whose loops were all full looks for room again.
@@ -65,7 +68,8 @@ impl TimerKind {
             TimerKind::Idle(id)
             | TimerKind::User { conn: id, .. }
             | TimerKind::ConnectTimeout(id)
-            | TimerKind::CloseDeadline(id) => Some(id),
+            | TimerKind::CloseDeadline(id)
+            | TimerKind::Send(id) => Some(id),
             TimerKind::AcceptResume | TimerKind::RoomCheck | TimerKind::StopDeadline => None,
         }
     }

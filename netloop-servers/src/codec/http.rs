@@ -55,6 +55,9 @@ pub enum Method {
     Put,
     /// `DELETE`
     Delete,
+    /// `CONNECT`: a request to open a tunnel, which only a proxy serves.
+    /// [`parse_request`] refuses it ([`HttpError::Connect`]).
+    Connect,
     /// Any other method.
     Other,
 }
@@ -67,6 +70,7 @@ impl Method {
             "POST" => Self::Post,
             "PUT" => Self::Put,
             "DELETE" => Self::Delete,
+            "CONNECT" => Self::Connect,
             _ => Self::Other,
         }
     }
@@ -90,7 +94,8 @@ pub struct RequestHead {
     pub method: Method,
     /// Where the request target lies in the parsed buffer.
     pub path: Range<usize>,
-    /// `10` for HTTP/1.0, `11` for HTTP/1.1.
+    /// `10` for HTTP/1.0, `11` for HTTP/1.1 and every later HTTP/1.x,
+    /// which is served as HTTP/1.1 (RFC 9112 §2.3).
     pub version: u8,
     /// Whether the connection may carry another request after this one.
     pub keep_alive: bool,
@@ -98,6 +103,9 @@ pub struct RequestHead {
     pub body: BodyKind,
     /// Bytes the head occupied; the body (if any) starts here.
     pub head_len: usize,
+    /// The request carries `Expect: 100-continue` (HTTP/1.1 only): the
+    /// client may wait for `100 Continue` before it sends the body.
+    pub expect_continue: bool,
 }
 
 impl RequestHead {
@@ -117,6 +125,17 @@ pub enum HttpError {
     /// No complete head within `max_header_bytes`, or too many headers.
     #[error("request header fields too large")]
     HeadersTooLarge,
+    /// The request line alone does not fit in `max_header_bytes`.
+    #[error("request line too long")]
+    UriTooLong,
+    /// An HTTP/1.1 request without `Host`, any request with more than one
+    /// `Host` field, or a `Host` value that is not `host[:port]`
+    /// (RFC 9112 §3.2).
+    #[error("missing, repeated or invalid Host")]
+    BadHost,
+    /// `CONNECT` asks for a tunnel; an origin server has none to offer.
+    #[error("CONNECT is not served")]
+    Connect,
     /// The body exceeds `max_body`.
     #[error("request body too large")]
     BodyTooLarge,
@@ -140,12 +159,15 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             Self::HeadersTooLarge => 431,
+            Self::UriTooLong => 414,
             Self::BodyTooLarge => 413,
             Self::UnsupportedTransferEncoding => 501,
             Self::Malformed
             | Self::BadContentLength
             | Self::ConflictingFraming
-            | Self::BadChunk => 400,
+            | Self::BadChunk
+            | Self::BadHost
+            | Self::Connect => 400,
         }
     }
 
@@ -153,6 +175,7 @@ impl HttpError {
     pub fn reason(&self) -> &'static str {
         match self.status() {
             431 => "Request Header Fields Too Large",
+            414 => "URI Too Long",
             413 => "Content Too Large",
             501 => "Not Implemented",
             _ => "Bad Request",
@@ -167,6 +190,32 @@ impl HttpError {
 /// the body according to [`RequestHead::body`].
 pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Option<RequestHead>, HttpError> {
     let window = &buf[..buf.len().min(limits.max_header_bytes)];
+    match parse_window(buf, window, limits) {
+        // httparse knows HTTP/1.0 and HTTP/1.1 only; a later minor version
+        // is served as HTTP/1.1 (RFC 9112 §2.3). Rare, so it may copy.
+        Err(HttpError::Malformed) => match later_minor_version(window) {
+            LaterMinor::No => Err(HttpError::Malformed),
+            LaterMinor::LineIncomplete if window.len() >= limits.max_header_bytes => {
+                Err(HttpError::UriTooLong)
+            }
+            LaterMinor::LineIncomplete => Ok(None),
+            LaterMinor::At(digit) => {
+                let mut copy = window.to_vec();
+                copy[digit] = b'1';
+                // The copy has the same offsets as `buf`.
+                parse_window(&copy, &copy, limits)
+            }
+        },
+        other => other,
+    }
+}
+
+/// Parses the head in `window`, a prefix of `buf` (or a copy of one).
+fn parse_window(
+    buf: &[u8],
+    window: &[u8],
+    limits: &HttpLimits,
+) -> Result<Option<RequestHead>, HttpError> {
     // Uninitialised slots spare a multi-kilobyte memset on every request;
     // httparse only ever reads back the slots it filled.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_CAPACITY];
@@ -174,14 +223,49 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Option<RequestHe
     let mut request = httparse::Request::new(&mut []);
     let head_len = match request.parse_with_uninit_headers(window, &mut slots[..slot_count]) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= limits.max_header_bytes => {
-            return Err(HttpError::HeadersTooLarge);
+        Ok(httparse::Status::Partial) if window.len() >= limits.max_header_bytes => {
+            // As nginx: a request line that does not fit is 414, a head
+            // whose fields do not fit 431.
+            return Err(if window.contains(&b'\n') {
+                HttpError::HeadersTooLarge
+            } else {
+                HttpError::UriTooLong
+            });
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
         Err(_) => return Err(HttpError::Malformed),
     };
     build_head(buf, &request, head_len, limits).map(Some)
+}
+
+/// Whether the request line ends in `HTTP/1.2` to `HTTP/1.9`.
+enum LaterMinor {
+    No,
+    /// It may, once the rest of the line arrives.
+    LineIncomplete,
+    /// It does; the minor digit is at this offset.
+    At(usize),
+}
+
+fn later_minor_version(window: &[u8]) -> LaterMinor {
+    let (line, complete) = match window.iter().position(|&byte| byte == b'\n') {
+        Some(end) => (&window[..end], true),
+        None => (window, false),
+    };
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(version_start) = line.len().checked_sub(b" HTTP/1.x".len()) else {
+        return LaterMinor::No;
+    };
+    match (&line[version_start..], complete) {
+        ([b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'], true) => {
+            LaterMinor::At(line.len() - 1)
+        }
+        ([b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'], false) => {
+            LaterMinor::LineIncomplete
+        }
+        _ => LaterMinor::No,
+    }
 }
 
 fn build_head(
@@ -196,14 +280,22 @@ fn build_head(
         Some(1) => 11,
         _ => return Err(HttpError::Malformed),
     };
-    let fields = FramingFields::scan(request.headers)?;
+    let fields = RequestFields::scan(request.headers)?;
+    let method = Method::from_token(request.method.unwrap_or_default());
+    // Framing first: it decides whether the connection could go on.
+    let body = fields.body_kind(version, limits)?;
+    fields.check_host(version)?;
+    if method == Method::Connect {
+        return Err(HttpError::Connect);
+    }
     Ok(RequestHead {
-        method: Method::from_token(request.method.unwrap_or_default()),
+        method,
         path: subslice_range(buf, path.as_bytes()).ok_or(HttpError::Malformed)?,
         version,
         keep_alive: fields.keep_alive(version),
-        body: fields.body_kind(version, limits)?,
+        body,
         head_len,
+        expect_continue: fields.expect_continue && version == 11,
     })
 }
 
@@ -214,13 +306,25 @@ fn subslice_range(outer: &[u8], inner: &[u8]) -> Option<Range<usize>> {
     (end <= outer.len()).then_some(start..end)
 }
 
-/// What the framing-relevant headers said, merged across repeated fields.
+/// What the headers the server acts on said, merged across repeated fields.
 #[derive(Debug, Default)]
-struct FramingFields {
+struct RequestFields {
     content_length: Option<u64>,
     transfer_encoding: Option<TransferCoding>,
     close: bool,
     keep_alive: bool,
+    host: HostField,
+    expect_continue: bool,
+}
+
+/// The `Host` fields seen.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum HostField {
+    #[default]
+    Missing,
+    Valid,
+    /// Repeated, or a value that is not `host[:port]`.
+    Invalid,
 }
 
 /// Summary of the `Transfer-Encoding` list.
@@ -230,7 +334,7 @@ struct TransferCoding {
     unsupported: bool,
 }
 
-impl FramingFields {
+impl RequestFields {
     fn scan(headers: &[httparse::Header<'_>]) -> Result<Self, HttpError> {
         let mut fields = Self::default();
         for header in headers {
@@ -241,9 +345,26 @@ impl FramingFields {
                 fields.add_transfer_encoding(header.value);
             } else if name.eq_ignore_ascii_case("connection") {
                 fields.add_connection(header.value);
+            } else if name.eq_ignore_ascii_case("host") {
+                fields.host = match (fields.host, valid_host(trim_ows(header.value))) {
+                    (HostField::Missing, true) => HostField::Valid,
+                    _ => HostField::Invalid,
+                };
+            } else if name.eq_ignore_ascii_case("expect") {
+                fields.expect_continue |=
+                    trim_ows(header.value).eq_ignore_ascii_case(b"100-continue");
             }
         }
         Ok(fields)
+    }
+
+    /// RFC 9112 §3.2: HTTP/1.1 needs exactly one valid `Host`; no version
+    /// may repeat it or send an invalid one.
+    fn check_host(&self, version: u8) -> Result<(), HttpError> {
+        match (self.host, version) {
+            (HostField::Valid, _) | (HostField::Missing, 10) => Ok(()),
+            _ => Err(HttpError::BadHost),
+        }
     }
 
     /// Accepts repeated or comma-listed values only when they all agree
@@ -315,6 +436,58 @@ fn fixed_body(length: u64, limits: &HttpLimits) -> Result<BodyKind, HttpError> {
         Ok(length) if length <= limits.max_body => Ok(BodyKind::ContentLength(length)),
         _ => Err(HttpError::BodyTooLarge),
     }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a
+/// registered name of unreserved, percent-encoded and sub-delimiter
+/// characters, or an IP literal in brackets, then optional port digits. An
+/// empty value is valid (a target without an authority).
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value {
+        [b'[', rest @ ..] => match rest.iter().position(|&byte| byte == b']') {
+            Some(close) => {
+                let literal = &rest[..close];
+                let valid_literal = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&byte| byte.is_ascii_hexdigit() || matches!(byte, b':' | b'.'));
+                if !valid_literal {
+                    return false;
+                }
+                (&[][..], &rest[close + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().position(|&byte| byte == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok && valid_reg_name(host)
+}
+
+fn valid_reg_name(name: &[u8]) -> bool {
+    let mut rest = name;
+    while let [byte, tail @ ..] = rest {
+        rest = match byte {
+            b'%' => match tail {
+                [high, low, after @ ..] if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                    after
+                }
+                _ => return false,
+            },
+            byte if byte.is_ascii_alphanumeric() => tail,
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+            | b',' | b';' | b'=' => tail,
+            _ => return false,
+        };
+    }
+    true
 }
 
 /// Digits only; an absurdly long number saturates so that it is reported as
@@ -840,9 +1013,110 @@ mod tests {
             ("get", Method::Other),
         ];
         for (token, method) in cases {
-            let input = format!("{token} / HTTP/1.1\r\n\r\n");
+            let input = format!("{token} / HTTP/1.1\r\nHost: x\r\n\r\n");
             assert_eq!(head(input.as_bytes()).method, method, "{token}");
         }
+    }
+
+    #[test]
+    fn host_is_required_once_and_valid() {
+        let get = |version: &str, headers: &str| {
+            parse(format!("GET / HTTP/{version}\r\n{headers}\r\n").as_bytes())
+        };
+        for (version, headers) in [
+            ("1.1", ""),
+            ("1.1", "Host: a\r\nHost: a\r\n"),
+            ("1.0", "Host: a\r\nHost: b\r\n"),
+            ("1.1", "Host: a b\r\n"),
+            ("1.1", "Host: a/b\r\n"),
+            ("1.1", "Host: a@b\r\n"),
+            ("1.1", "Host: a:b\r\n"),
+            ("1.1", "Host: [::1\r\n"),
+            ("1.1", "Host: []\r\n"),
+            ("1.1", "Host: a%zz\r\n"),
+            ("1.1", "Host: a\\b\r\n"),
+            ("1.0", "Host: a\"b\r\n"),
+        ] {
+            let err = get(version, headers).unwrap_err();
+            assert_eq!(err, HttpError::BadHost, "{version} {headers:?}");
+            assert_eq!(err.status(), 400);
+        }
+        for (version, headers) in [
+            ("1.0", ""),
+            ("1.1", "Host: example.com\r\n"),
+            ("1.1", "hOsT: example.com:8080\r\n"),
+            ("1.1", "Host: 127.0.0.1:80\r\n"),
+            ("1.1", "Host: [::1]:80\r\n"),
+            ("1.1", "Host: a%41-b_c~d\r\n"),
+            ("1.1", "Host: \r\n"),
+            ("1.1", "Host: a:\r\n"),
+        ] {
+            assert!(
+                get(version, headers).unwrap().is_some(),
+                "{version} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_is_refused() {
+        let err = parse(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+        assert_eq!(err, Err(HttpError::Connect));
+        assert_eq!(HttpError::Connect.status(), 400);
+    }
+
+    #[test]
+    fn later_http_1_minor_versions_are_served_as_1_1() {
+        let input = b"GET /p HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\nNEXT";
+        let parsed = head(input);
+        assert_eq!(parsed.version, 11);
+        assert_eq!(parsed.path_in(input), b"/p");
+        assert!(!parsed.keep_alive);
+        assert_eq!(parsed.head_len, input.len() - 4);
+        for cut in 0..input.len() - 4 {
+            assert_eq!(parse(&input[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(head(b"GET / HTTP/1.9\r\nHost: x\r\n\r\n").version, 11);
+        for bad in [
+            &b"GET / HTTP/2.1\r\n\r\n"[..],
+            b"GET / HTTP/1.22\r\n\r\n",
+            b"GET / HTTP/1.x\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad), Err(HttpError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_overlong_request_line_is_414_and_overlong_fields_431() {
+        let mut line = b"GET /".to_vec();
+        line.resize(8 * 1024, b'a');
+        let err = parse(&line).unwrap_err();
+        assert_eq!(
+            (err, err.status(), err.reason()),
+            (HttpError::UriTooLong, 414, "URI Too Long")
+        );
+        let mut fields = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        fields.resize(8 * 1024, b'a');
+        assert_eq!(parse(&fields), Err(HttpError::HeadersTooLarge));
+        let mut later = b"GET / HTTP/1.2\r\nX: ".to_vec();
+        later.resize(8 * 1024, b'a');
+        assert_eq!(parse(&later), Err(HttpError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn expect_100_continue_is_reported_for_http_1_1() {
+        let with = |version: &str, value: &str| {
+            head(&with_headers(
+                version,
+                &format!("Expect: {value}\r\nContent-Length: 5\r\n"),
+            ))
+            .expect_continue
+        };
+        assert!(with("1.1", "100-continue"));
+        assert!(with("1.1", "100-Continue "));
+        assert!(!with("1.0", "100-continue"));
+        assert!(!with("1.1", "something-else"));
+        assert!(!head(&with_headers("1.1", "")).expect_continue);
     }
 
     #[test]
