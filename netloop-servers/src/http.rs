@@ -31,8 +31,8 @@ use netloop::Buffer;
 use netloop::{CloseReason, Conn, Handler, TimerId};
 
 use crate::codec::http::{
-    BodyKind, ChunkedDecoder, ConnectionHeader, DateCache, HttpError, HttpLimits, Method,
-    parse_request, write_response,
+    BodyKind, ChunkedDecoder, ConnectionHeader, DateCache, HeadParser, HttpError, HttpLimits,
+    Method, write_response,
 };
 
 const BODY: &[u8] = b"Hello, World!";
@@ -61,6 +61,8 @@ pub struct HttpConn {
     pending: Option<Pending>,
     /// The timer guarding what the connection waits for.
     guard: Guard,
+    /// The head being received, parsed linearly however it is split.
+    head: HeadParser,
 }
 
 #[derive(Default)]
@@ -163,7 +165,7 @@ impl Hello {
             if output.len() > self.max_unsent {
                 return Answered::OutputFull;
             }
-            match parse_request(input.as_slice(), &self.limits) {
+            match state.head.parse(input.as_slice(), &self.limits) {
                 Ok(None) => return Answered::NeedInput,
                 Ok(Some(head)) => {
                     *heads += 1;

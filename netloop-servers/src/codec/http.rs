@@ -210,6 +210,89 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Option<RequestHe
     }
 }
 
+/// A request-head parser for one connection that keeps its place between
+/// reads, so a head costs time linear in its bytes however it is split.
+///
+/// [`parse_request`] parses from the start every time it is called. This
+/// only calls it when something can have changed its answer: the first line
+/// just ended (to refuse a bad request line early), the end of the head
+/// arrived, or the head reached its size limit. In between, each new byte is
+/// looked at once, for the blank line that ends the head.
+///
+/// ```
+/// use netloop_servers::codec::http::{HeadParser, HttpLimits};
+///
+/// let limits = HttpLimits::default();
+/// let mut parser = HeadParser::default();
+/// let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+/// for end in 1..request.len() {
+///     assert!(parser.parse(&request[..end], &limits).unwrap().is_none());
+/// }
+/// assert!(parser.parse(request, &limits).unwrap().is_some());
+/// assert!(parser.full_parses() <= 3);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct HeadParser {
+    /// Bytes of the pending head already searched for its end.
+    scanned: usize,
+    /// Whether the request line has been checked.
+    line_checked: bool,
+    /// Times [`parse_request`] ran, for tests.
+    full_parses: u64,
+}
+
+impl HeadParser {
+    /// Parses the head at the start of `buf`, which holds the same bytes
+    /// as at the last call plus any that arrived since. After a head is
+    /// returned (the caller consumes it) or an error, the parser starts over.
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &HttpLimits,
+    ) -> Result<Option<RequestHead>, HttpError> {
+        let window = &buf[..buf.len().min(limits.max_header_bytes)];
+        let new = &window[self.scanned.saturating_sub(3).min(window.len())..];
+        let line_ended = !self.line_checked && new.contains(&b'\n');
+        let worth_parsing = line_ended || ends_head(new) || window.len() >= limits.max_header_bytes;
+        if !worth_parsing {
+            self.scanned = window.len();
+            return Ok(None);
+        }
+        self.full_parses += 1;
+        match parse_request(buf, limits) {
+            Ok(None) => {
+                self.scanned = window.len();
+                self.line_checked = true;
+                Ok(None)
+            }
+            done => {
+                self.scanned = 0;
+                self.line_checked = false;
+                done
+            }
+        }
+    }
+
+    /// How many times the head was parsed from its start (for tests of
+    /// the linear cost).
+    pub fn full_parses(&self) -> u64 {
+        self.full_parses
+    }
+}
+
+/// Whether `bytes` hold a blank line (`\n\n` or `\n\r\n`): the end of a head.
+fn ends_head(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'\n')
+        .any(|(i, _)| match bytes.get(i + 1) {
+            Some(b'\n') => true,
+            Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+            _ => false,
+        })
+}
+
 /// Parses the head in `window`, a prefix of `buf` (or a copy of one).
 fn parse_window(
     buf: &[u8],
@@ -987,6 +1070,41 @@ mod tests {
 
     fn with_headers(version: &str, headers: &str) -> Vec<u8> {
         format!("GET / HTTP/{version}\r\nHost: x\r\n{headers}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn a_head_arriving_a_byte_at_a_time_is_parsed_a_bounded_number_of_times() {
+        let limits = HttpLimits::default();
+        let mut request = b"GET /some/path HTTP/1.1\r\nHost: example\r\n".to_vec();
+        for i in 0..40 {
+            request.extend_from_slice(format!("X-Field-{i}: value {i}\r\n").as_bytes());
+        }
+        request.extend_from_slice(b"\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut parser = HeadParser::default();
+        let mut buf = Vec::new();
+        let mut heads = 0;
+        for &byte in &request {
+            buf.push(byte);
+            while let Some(head) = parser.parse(&buf, &limits).expect("valid") {
+                buf.drain(..head.head_len);
+                heads += 1;
+            }
+        }
+        assert_eq!(heads, 2);
+        assert!(
+            parser.full_parses() <= 4,
+            "{} full parses for {} bytes",
+            parser.full_parses(),
+            request.len()
+        );
+    }
+
+    #[test]
+    fn a_bad_request_line_is_refused_as_soon_as_it_ends() {
+        let limits = HttpLimits::default();
+        let mut parser = HeadParser::default();
+        assert!(matches!(parser.parse(b"GET /\x01 HTTP", &limits), Ok(None)));
+        assert!(parser.parse(b"GET /\x01 HTTP/1.1\r\n", &limits).is_err());
     }
 
     #[test]
