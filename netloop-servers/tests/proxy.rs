@@ -13,6 +13,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netloop::{CloseReason, Config, EventLoop, Handler};
+use netloop_servers::codec::proxy_protocol::{
+    ProxyDecoder, ProxyHeader, V2_SIGNATURE, Version, encode,
+};
 use netloop_servers::proxy::{Balance, HealthPolicy, ProxyConfig};
 use proxy_support::*;
 
@@ -629,4 +632,168 @@ fn churn_sessions_end_and_reset_while_new_ones_arrive_every_byte_checked() {
     // with it, so only the 144 echoed sessions surely reached an upstream.
     let total: usize = echoes.iter().map(Echo::accepted).sum();
     assert!((144..=180).contains(&total), "{total} upstream connections");
+}
+
+/// An upstream that reads a PROXY header, then `payload_len` bytes, and
+/// echoes those back; returns the raw header, what it says, and the payload.
+fn header_upstream(
+    listener: TcpListener,
+    payload_len: usize,
+) -> thread::JoinHandle<(Vec<u8>, ProxyHeader, Vec<u8>)> {
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+        let mut decoder = ProxyDecoder::default();
+        let mut got = Vec::new();
+        let decoded = loop {
+            if let Some(decoded) = decoder.decode(&got).expect("a valid header") {
+                break decoded;
+            }
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).expect("header byte");
+            got.push(byte[0]);
+        };
+        let mut payload = vec![0u8; payload_len];
+        stream.read_exact(&mut payload).expect("payload");
+        stream.write_all(&payload).expect("echo");
+        (got, decoded.header, payload)
+    })
+}
+
+fn upstream_listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr)
+}
+
+#[test]
+fn proxy_protocol_v1_is_sent_first_with_the_client_and_listening_addresses() {
+    let (listener, upstream) = upstream_listener();
+    let server = header_upstream(listener, 5);
+    let mut cfg = config(&[upstream]);
+    cfg.send_proxy = Some(Version::V1);
+    let proxy = Running::start(cfg, 1);
+    let mut client = connect(proxy.addr);
+    // Sent before the upstream is even up: still after the header.
+    client.write_all(b"hello").expect("write");
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).expect("echo");
+    let (raw, _, payload) = server.join().expect("upstream");
+    let local = client.local_addr().expect("addr");
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        local.port(),
+        proxy.addr.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&raw), want);
+    assert_eq!(payload, b"hello");
+}
+
+#[test]
+fn proxy_protocol_v2_is_sent_first_with_the_client_and_listening_addresses() {
+    let (listener, upstream) = upstream_listener();
+    let server = header_upstream(listener, 5);
+    let mut cfg = config(&[upstream]);
+    cfg.send_proxy = Some(Version::V2);
+    let proxy = Running::start(cfg, 1);
+    let mut client = connect(proxy.addr);
+    client.write_all(b"hello").expect("write");
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).expect("echo");
+    let (raw, header, payload) = server.join().expect("upstream");
+    assert_eq!(&raw[..12], &V2_SIGNATURE);
+    assert_eq!(
+        header,
+        ProxyHeader::Proxied {
+            source: client.local_addr().expect("addr"),
+            destination: proxy.addr,
+        }
+    );
+    assert_eq!(payload, b"hello");
+}
+
+/// A proxy that accepts PROXY headers and sends v2 upstream, so the
+/// upstream shows which source it took.
+fn accepting_proxy(upstream: SocketAddr) -> Running {
+    let mut cfg = config(&[upstream]);
+    cfg.accept_proxy = true;
+    cfg.send_proxy = Some(Version::V2);
+    Running::start(cfg, 1)
+}
+
+#[test]
+fn an_accepted_proxy_header_names_the_source_in_one_write_or_split() {
+    let front = SocketAddr::from(([203, 0, 113, 7], 4242));
+    let behind = SocketAddr::from(([198, 51, 100, 1], 443));
+    for (version, split) in [
+        (Version::V1, false),
+        (Version::V1, true),
+        (Version::V2, false),
+        (Version::V2, true),
+    ] {
+        let (listener, upstream) = upstream_listener();
+        let server = header_upstream(listener, 7);
+        let proxy = accepting_proxy(upstream);
+        let mut stream = Vec::new();
+        encode(version, front, behind, &mut stream);
+        stream.extend_from_slice(b"payload");
+        let mut client = connect(proxy.addr);
+        client.set_nodelay(true).expect("nodelay");
+        if split {
+            // Byte by byte: the decoder keeps its place between reads.
+            for byte in &stream {
+                client.write_all(&[*byte]).expect("write");
+                thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            // Header and payload in one segment: the payload is relayed
+            // once the upstream is up, without waiting for more.
+            client.write_all(&stream).expect("write");
+        }
+        let mut back = [0u8; 7];
+        client.read_exact(&mut back).expect("echo");
+        let (_, header, payload) = server.join().expect("upstream");
+        let ProxyHeader::Proxied { source, .. } = header else {
+            panic!("{version:?}: {header:?}");
+        };
+        assert_eq!(source, front, "{version:?} split {split}");
+        assert_eq!(payload, b"payload");
+        assert_eq!(&back, b"payload");
+    }
+}
+
+#[test]
+fn a_missing_or_malformed_proxy_header_closes_the_client_with_a_reason() {
+    let echo = Echo::start();
+    let mut v2_bad_version = V2_SIGNATURE.to_vec();
+    v2_bad_version.extend_from_slice(&[0x11, 0x11, 0, 12]);
+    let cases: [(&str, &[u8], bool); 5] = [
+        ("no header", b"GET / HTTP/1.1\r\n\r\n", false),
+        (
+            "v1 too few fields",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+            false,
+        ),
+        ("v1 no CRLF in 107 bytes", &[b'P'; 200], false),
+        ("v2 bad version", &v2_bad_version, false),
+        ("EOF mid-header", b"PROXY TCP4 1.2.3.4", true),
+    ];
+    let proxy = accepting_proxy(echo.addr);
+    for (name, bytes, fin) in cases {
+        let started = Instant::now();
+        let mut client = connect(proxy.addr);
+        client.write_all(bytes).expect("write");
+        if fin {
+            client.shutdown(Shutdown::Write).expect("FIN");
+        }
+        assert!(wait_for_end(&mut client, LIMIT).is_ok(), "{name}: closed");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{name}: at once"
+        );
+    }
+    assert_eq!(echo.accepted(), 0, "no upstream was contacted");
+    proxy.wait_idle();
+    let stats = proxy.stop();
+    assert_eq!(stats.closed_for(CloseReason::Protocol("proxy_protocol")), 5);
 }

@@ -23,6 +23,12 @@
 //!   same turn; any other error closes it in the same turn.
 //! - **Idle timeout** per session, reset by traffic in either direction; a
 //!   client that never sends is closed too.
+//! - **PROXY protocol** ([`proxy_protocol`](crate::codec::proxy_protocol)):
+//!   sent first on the upstream connection, before any client byte, with
+//!   the client's address and the proxy's listening address; or read
+//!   strictly from the client, whose session starts only after a valid
+//!   header (a missing or malformed one closes it with
+//!   `CloseReason::Protocol("proxy_protocol")`).
 //!
 //! Every close carries its reason into the loop's [`Stats`](netloop::Stats).
 //! The proxy reaches one connection from another's callbacks, so it runs on
@@ -54,6 +60,8 @@ use netloop::{
     AfterEof, CloseReason, Config, Conn, ConnId, ConnRef, Ctx, Handler, StopStyle, TimerId,
 };
 
+use crate::codec::proxy_protocol::{self, ProxyDecoder, ProxyHeader, Version};
+
 pub use balancer::{Attempt, Balance, UpstreamStats, Upstreams};
 pub use health::HealthPolicy;
 
@@ -80,7 +88,16 @@ pub struct ProxyConfig {
     /// Client sessions open at once, for the whole proxy; clients beyond
     /// are closed at once ([`CloseReason::PoolFull`]).
     pub max_sessions: usize,
+    /// Send a PROXY protocol header of this version first on every
+    /// upstream connection.
+    pub send_proxy: Option<Version>,
+    /// Read a PROXY protocol header from every client before anything
+    /// else; a missing or malformed one closes the client.
+    pub accept_proxy: bool,
 }
+
+/// Why a client that failed the PROXY protocol was closed.
+pub const PROXY_PROTOCOL_ERROR: CloseReason = CloseReason::Protocol("proxy_protocol");
 
 impl ProxyConfig {
     /// nginx's defaults, for `upstreams`.
@@ -92,6 +109,8 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(60),
             idle_timeout: Some(Duration::from_secs(600)),
             max_sessions: 16_384,
+            send_proxy: None,
+            accept_proxy: false,
         }
     }
 
@@ -212,11 +231,16 @@ pub struct Client {
     source: SocketAddr,
     /// When the client last sent a byte.
     last_active: Instant,
+    /// Input arrived behind the PROXY header it sent: relayed once the
+    /// upstream is up, without waiting for more.
+    buffered: bool,
 }
 
 /// Where a client's session is.
 #[derive(Debug)]
 enum Stage {
+    /// Reading the client's PROXY header; no upstream yet.
+    Header(ProxyDecoder),
     /// Waiting for upstream `upstream` (try `attempt`) to connect; the
     /// client is not read meanwhile.
     Connecting { upstream: ConnId, attempt: Attempt },
@@ -266,6 +290,8 @@ impl Side {
 
 /// `on_timer` data: the client's idle check.
 const IDLE_CHECK: u64 = 0;
+/// `on_timer` data: relay what the client sent behind its PROXY header.
+const RELAY_BUFFERED: u64 = 1;
 
 /// The proxy handler; one per loop, all holding the same [`ProxyShared`].
 pub struct Proxy {
@@ -294,6 +320,15 @@ impl Proxy {
             .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         if let Some(idle) = self.shared.config.idle_timeout {
             conn.set_timer(idle, IDLE_CHECK);
+        }
+        if self.shared.config.accept_proxy {
+            *conn.state() = Side::Client(Client {
+                stage: Stage::Header(ProxyDecoder::default()),
+                source,
+                last_active: conn.now(),
+                buffered: false,
+            });
+            return;
         }
         // Not read until its upstream is up: what it sends meanwhile waits
         // in the kernel, and its FIN cannot overtake the connect.
@@ -345,6 +380,7 @@ impl Proxy {
                         stage,
                         source,
                         last_active: now,
+                        buffered: false,
                     };
                     match client_conn.state() {
                         Side::Client(c) => c.stage = new_client.stage,
@@ -391,10 +427,60 @@ impl Proxy {
             conn.abort(CloseReason::Closed);
             return;
         };
-        if let Side::Client(c) = client_conn.state() {
-            c.stage = Stage::Relaying { upstream };
+        let Side::Client(c) = client_conn.state() else {
+            return;
+        };
+        c.stage = Stage::Relaying { upstream };
+        let (source, buffered) = (c.source, c.buffered);
+        let header = self
+            .shared
+            .config
+            .send_proxy
+            .map(|version| proxy_header(version, source, &client_conn));
+        if buffered {
+            // Read already, so no readiness will announce it.
+            client_conn.set_timer(Duration::ZERO, RELAY_BUFFERED);
         }
         client_conn.resume_reading();
+        // First on the connection: no client byte has been relayed yet,
+        // since the client was not read before this.
+        if let Some(header) = header {
+            conn.write(&header);
+        }
+    }
+
+    /// The client sent (part of) its PROXY header: once it is complete, the
+    /// session starts with the address it names.
+    fn read_header(&self, conn: &mut Conn<'_, Side>, mut decoder: ProxyDecoder) {
+        let decoded = decoder.decode(conn.input());
+        let source = match decoded {
+            Ok(None) => {
+                if let Side::Client(c) = conn.state() {
+                    c.stage = Stage::Header(decoder);
+                }
+                return;
+            }
+            Err(_) => return conn.abort(PROXY_PROTOCOL_ERROR),
+            Ok(Some(decoded)) => {
+                conn.consume(decoded.len);
+                match decoded.header {
+                    ProxyHeader::Proxied { source, .. } => Some(source),
+                    ProxyHeader::Local => None,
+                }
+            }
+        };
+        let buffered = !conn.input().is_empty();
+        let id = conn.id();
+        let Side::Client(c) = conn.state() else {
+            return;
+        };
+        c.buffered = buffered;
+        let source = source.unwrap_or(c.source);
+        c.source = source;
+        conn.pause_reading();
+        if let Err(reason) = self.dial(conn, id, source, None) {
+            conn.abort(reason);
+        }
     }
 
     /// The client's idle check: closes the session if neither side sent a
@@ -408,10 +494,12 @@ impl Proxy {
             Side::Client(c) => (c.last_active, c.stage.upstream()),
             _ => return,
         };
-        let upstream_last = conn.conn(upstream).ok().and_then(|mut u| match u.state() {
-            Side::Upstream(end) => Some(end.last_active),
-            _ => None,
-        });
+        let upstream_last = upstream
+            .and_then(|upstream| conn.conn(upstream).ok())
+            .and_then(|mut u| match u.state() {
+                Side::Upstream(end) => Some(end.last_active),
+                _ => None,
+            });
         let last = upstream_last.map_or(client_last, |u| u.max(client_last));
         let quiet = now.saturating_duration_since(last);
         if quiet >= idle {
@@ -450,11 +538,27 @@ impl Proxy {
 }
 
 impl Stage {
-    fn upstream(&self) -> ConnId {
+    fn upstream(&self) -> Option<ConnId> {
         match self {
-            Stage::Connecting { upstream, .. } | Stage::Relaying { upstream } => *upstream,
+            Stage::Header(_) => None,
+            Stage::Connecting { upstream, .. } | Stage::Relaying { upstream } => Some(*upstream),
         }
     }
+}
+
+/// The PROXY header for a session of `client`, from `source`: its
+/// destination is the address the client connected to, the proxy's
+/// listening address.
+fn proxy_header(version: Version, source: SocketAddr, client: &ConnRef<'_, Side>) -> Vec<u8> {
+    let destination = client
+        .try_clone_fd()
+        .ok()
+        .and_then(|fd| socket2::SockRef::from(&fd).local_addr().ok())
+        .and_then(|addr| addr.as_socket())
+        .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    let mut header = Vec::with_capacity(64);
+    proxy_protocol::encode(version, source, destination, &mut header);
+    header
 }
 
 impl Handler for Proxy {
@@ -470,7 +574,16 @@ impl Handler for Proxy {
 
     fn on_data(&mut self, conn: &mut Conn<'_, Side>) {
         let now = conn.now();
-        conn.state().touch(now);
+        let state = conn.state();
+        state.touch(now);
+        if let Side::Client(Client {
+            stage: Stage::Header(decoder),
+            ..
+        }) = state
+        {
+            let decoder = *decoder;
+            return self.read_header(conn, decoder);
+        }
         relay(conn);
     }
 
@@ -478,6 +591,15 @@ impl Handler for Proxy {
     /// partner after every byte before it, and the other direction flows
     /// on; each side closes once both of its halves are done.
     fn on_eof(&mut self, conn: &mut Conn<'_, Side>) -> AfterEof {
+        if let Side::Client(Client {
+            stage: Stage::Header(_),
+            ..
+        }) = conn.state()
+        {
+            // The stream ended before its header did.
+            conn.abort(PROXY_PROTOCOL_ERROR);
+            return AfterEof::Close;
+        }
         relay(conn);
         if let Some(Ok(mut partner)) = conn.state().partner().map(|id| conn.conn(id)) {
             partner.shutdown();
@@ -494,8 +616,10 @@ impl Handler for Proxy {
     }
 
     fn on_timer(&mut self, conn: &mut Conn<'_, Side>, _: TimerId, data: u64) {
-        if data == IDLE_CHECK {
-            self.idle_check(conn);
+        match data {
+            IDLE_CHECK => self.idle_check(conn),
+            RELAY_BUFFERED => relay(conn),
+            _ => {}
         }
     }
 
@@ -507,7 +631,9 @@ impl Handler for Proxy {
             Side::Unpaired => {}
             Side::Client(client) => {
                 self.shared.end_session();
-                close_partner(ctx, client.stage.upstream(), reason);
+                if let Some(upstream) = client.stage.upstream() {
+                    close_partner(ctx, upstream, reason);
+                }
             }
             Side::Upstream(end) => {
                 self.shared.upstreams.ended(end.index);
