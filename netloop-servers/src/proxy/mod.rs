@@ -23,7 +23,7 @@
 //!   same turn; any other error closes it in the same turn.
 //! - **Idle timeout** per session, reset by traffic in either direction; a
 //!   client that never sends is closed too.
-//! - **PROXY protocol** ([`proxy_protocol`](crate::codec::proxy_protocol)):
+//! - **PROXY protocol** ([`crate::codec::proxy_protocol`]):
 //!   sent first on the upstream connection, before any client byte, with
 //!   the client's address and the proxy's listening address; or read
 //!   strictly from the client, whose session starts only after a valid
