@@ -6,6 +6,7 @@ mod echo;
 mod http;
 mod kv;
 mod load;
+mod proxy;
 mod serve;
 mod sys;
 
@@ -31,6 +32,8 @@ enum Command {
     Http(http::HttpArgs),
     /// Run an in-memory key-value server speaking the Redis protocol (RESP2).
     Kv(kv::KvArgs),
+    /// Run an L4 TCP proxy in front of an upstream group.
+    Proxy(proxy::ProxyArgs),
     /// Generate load against a server and report throughput and latency.
     #[command(subcommand)]
     Load(load::LoadCommand),
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Http(args) => http::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Kv(args) => kv::run(args),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

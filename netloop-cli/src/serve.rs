@@ -204,8 +204,27 @@ where
     H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
+    start_with(args, args.config(), make_handler)
+}
+
+/// [`start`], with the loops' configuration given (a server whose
+/// handler needs settings the options alone do not say).
+pub fn start_with<H, F>(
+    args: &ServerArgs,
+    loop_config: Config,
+    make_handler: F,
+) -> Result<Running, ServeError>
+where
+    H: Handler + 'static,
+    H::State: Send + 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
     args.check()?;
-    let server = Server::start(args.addr, args.server_config(), make_handler)?;
+    let config = ServerConfig {
+        loop_config,
+        ..args.server_config()
+    };
+    let server = Server::start(args.addr, config, make_handler)?;
     let stopper = server.stopper();
     Ok(Running {
         addr: server.local_addr(),
@@ -223,6 +242,20 @@ where
     H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
+    serve_with(args, args.config(), make_handler)
+}
+
+/// [`serve`], with the loops' configuration given.
+pub fn serve_with<H, F>(
+    args: &ServerArgs,
+    loop_config: Config,
+    make_handler: F,
+) -> Result<(), ServeError>
+where
+    H: Handler + 'static,
+    H::State: Send + 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
     match rlimit::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(soft = limit.soft, hard = limit.hard, "RLIMIT_NOFILE"),
         Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
@@ -230,7 +263,7 @@ where
     // Blocked before any thread starts, so every thread inherits the mask and
     // the signals arrive only through the signalfd.
     let signals = SignalFd::block(&[SIGINT, SIGTERM])?;
-    let running = start(args, make_handler)?;
+    let running = start_with(args, loop_config, make_handler)?;
     announce(running.addr)?;
     let stop = running.stop;
     thread::Builder::new()

@@ -10,6 +10,8 @@
 //! - [`http`]: an HTTP/1.1 server answering `200 Hello, World!`.
 //! - [`kv`]: an in-memory key-value store speaking RESP2, for `redis-cli`
 //!   and `redis-benchmark`.
+//! - [`proxy`]: an L4 TCP proxy with upstream groups (round-robin,
+//!   least-conn, hash), retries, passive health and the PROXY protocol.
 //!
 //! Each server is a [`netloop::Handler`], so it runs on an
 //! [`EventLoop`](netloop::EventLoop) or a [`Server`](netloop::server::Server)
@@ -41,3 +43,4 @@ pub mod chat;
 pub mod codec;
 pub mod http;
 pub mod kv;
+pub mod proxy;

@@ -5,6 +5,7 @@
 use std::os::fd::AsRawFd;
 
 use crate::close_reason::CloseReason;
+use crate::config::StopStyle;
 use crate::connection::{Phase, WriteSide};
 use crate::core::{CloseMode, CloseRequest, Core};
 use crate::event_loop::EventLoop;
@@ -135,6 +136,10 @@ impl<S> Core<S> {
     }
 
     fn stop_conn(&mut self, id: ConnId) {
+        if self.config.stop_style == StopStyle::LetFinish {
+            // Left to end on its own, or at the stop deadline.
+            return;
+        }
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };

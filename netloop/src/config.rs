@@ -25,6 +25,22 @@ pub enum PoolFullPolicy {
     LeaveInBacklog,
 }
 
+/// What a graceful stop does to the connections that are open when it begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StopStyle {
+    /// Input is no longer handed to the handler (it is read and dropped),
+    /// and FIN follows the queued output: right for request/response
+    /// servers, whose answers are in the output already.
+    #[default]
+    FinAfterOutput,
+    /// Connections are left as they are, served until they end on their
+    /// own; only accepting stops. The stop deadline closes the rest
+    /// ([`CloseReason::Shutdown`](crate::CloseReason::Shutdown)). A relay
+    /// needs this: dropping one side's input and sending FIN to the other
+    /// would pass a truncated stream off as a complete one.
+    LetFinish,
+}
+
 /// A loop's settings. Start from `Config::default()` and change fields.
 ///
 /// ```
@@ -77,6 +93,8 @@ pub struct Config {
     pub accepts_per_event: usize,
     /// How long a graceful stop lets connections drain.
     pub stop_timeout: Duration,
+    /// What a graceful stop does to open connections.
+    pub stop_style: StopStyle,
     /// How long an outbound connect may take
     /// ([`CloseReason::ConnectTimeout`](crate::CloseReason::ConnectTimeout)).
     pub connect_timeout: Duration,
@@ -122,6 +140,7 @@ impl Default for Config {
             accept_backoff: Duration::from_millis(200),
             accepts_per_event: 64,
             stop_timeout: Duration::from_secs(5),
+            stop_style: StopStyle::FinAfterOutput,
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(30),
             send_timeout: Some(Duration::from_secs(60)),

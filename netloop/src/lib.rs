@@ -93,7 +93,7 @@ pub mod echo;
 
 pub use buffer::Buffer;
 pub use close_reason::CloseReason;
-pub use config::{Config, PoolFullPolicy, Trigger};
+pub use config::{Config, PoolFullPolicy, StopStyle, Trigger};
 pub use conn::{Conn, ConnParts, Output};
 pub use connection::{AfterEof, rdhup_supported};
 pub use ctx::{ConnRef, Ctx};

@@ -8,6 +8,7 @@
 
 pub mod frame;
 pub mod http;
+pub mod proxy_protocol;
 pub mod resp;
 
 /// Longest decimal rendering of a `u64` (`18446744073709551615`).
