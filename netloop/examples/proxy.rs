@@ -21,7 +21,7 @@
 
 use std::net::SocketAddr;
 
-use netloop::{AfterEof, CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler};
+use netloop::{AfterEof, CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, StopStyle};
 
 /// Which end of a pair a connection is, naming its partner.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,9 +105,12 @@ impl Proxy {
     /// is full must not stop being read, or a client uploading while it
     /// ignores a download would stall its upload too. The relay pauses the
     /// *partner* of a full side instead, so each direction flows on its own.
+    /// And a graceful stop lets open sessions finish instead of cutting the
+    /// relayed streams short.
     pub fn config(base: Config) -> Config {
         Config {
             pause_when_full: false,
+            stop_style: StopStyle::LetFinish,
             ..base
         }
     }
