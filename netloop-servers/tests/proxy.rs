@@ -12,7 +12,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netloop::{CloseReason, Config, EventLoop, Handler};
+use netloop::{CloseReason, Config, EventLoop};
 use netloop_servers::codec::proxy_protocol::{
     ProxyDecoder, ProxyHeader, V2_SIGNATURE, Version, encode,
 };
@@ -114,7 +114,6 @@ fn upstream_half_close_the_banner_and_fin_arrive_and_the_client_still_sends() {
 /// What one side pushes at a side that never reads, and how long no
 /// progress counts as stalled.
 const FLOOD: usize = 256 * MIB;
-const STALL: Duration = Duration::from_millis(300);
 
 /// Water marks small enough that the kernel's buffers, not the proxy's,
 /// hold what is in flight.
@@ -123,37 +122,6 @@ fn small_water() -> Config {
         high_water: 256 * KIB,
         low_water: 64 * KIB,
         ..Config::default()
-    }
-}
-
-/// The most buffer memory the proxy may hold: one full output (a `Vec`
-/// grows by doubling, so twice the high-water mark) and a few standard
-/// buffers for input in flight: 576 KiB with [`small_water`].
-fn memory_bound(config: &Config) -> usize {
-    2 * config.high_water + 4 * config.buffer_size
-}
-
-/// Turns the loop, calling `step` before each turn, until its progress
-/// stays put for [`STALL`]; records the peak buffer memory.
-fn turn_until_stalled<H: Handler>(
-    event_loop: &mut EventLoop<H>,
-    peak: &mut usize,
-    mut step: impl FnMut() -> usize,
-) -> usize {
-    let deadline = Instant::now() + LIMIT;
-    let (mut last, mut since) = (usize::MAX, Instant::now());
-    loop {
-        let progress = step();
-        if progress != last {
-            (last, since) = (progress, Instant::now());
-        } else if progress > 0 && since.elapsed() >= STALL {
-            return progress;
-        }
-        assert!(Instant::now() < deadline, "never stalled: {progress} bytes");
-        event_loop
-            .turn(Some(Duration::from_millis(1)))
-            .expect("turn");
-        *peak = (*peak).max(event_loop.buffer_bytes());
     }
 }
 

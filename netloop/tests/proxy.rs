@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use netloop::testing::{Event, READ_HUP, READABLE};
 use netloop::{CloseReason, Config, ConnId, EventLoop};
 use relay::{Logged, read_turning, relay_loop, reset};
+use support::stream::{fill, first_wrong, memory_bound, pattern, turn_until_stalled};
 use support::turn_until;
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -27,35 +28,6 @@ const MIB: usize = 1024 * KIB;
 /// way can hold (usually a few MiB; about 40 MiB at worst with `tcp_wmem`
 /// and `tcp_rmem` maxima of 4 and 32 MiB, as on the test hosts).
 const FLOOD: usize = 64 * MIB;
-/// How long no progress at all counts as stalled.
-const STALL: Duration = Duration::from_millis(300);
-
-/// Byte `offset` of stream `seed`: a position-dependent pattern, so a lost,
-/// repeated or reordered chunk shows as a wrong byte.
-fn pattern_byte(seed: u64, offset: usize) -> u8 {
-    let word = (offset / 8) as u64 ^ seed.rotate_left(32);
-    let x = word.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x ^ (x >> 29)).to_le_bytes()[offset % 8]
-}
-
-fn fill(seed: u64, offset: usize, buf: &mut [u8]) {
-    for (i, byte) in buf.iter_mut().enumerate() {
-        *byte = pattern_byte(seed, offset + i);
-    }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut bytes = vec![0; len];
-    fill(seed, 0, &mut bytes);
-    bytes
-}
-
-/// The offset of the first byte of `got` that is not stream `seed`'s byte there.
-fn first_wrong(seed: u64, offset: usize, got: &[u8]) -> Option<usize> {
-    (0..got.len())
-        .find(|&i| got[i] != pattern_byte(seed, offset + i))
-        .map(|i| offset + i)
-}
 
 /// Water marks small enough that the kernel's buffers, not the proxy's,
 /// hold almost everything in flight.
@@ -65,13 +37,6 @@ fn small_water() -> Config {
         low_water: 64 * KIB,
         ..Config::default()
     }
-}
-
-/// The most buffer memory the relay may hold with `config`: one full output
-/// (a `Vec` grows by doubling, so up to twice the high-water mark) and a
-/// few standard buffers for input in flight and spares.
-fn memory_bound(config: &Config) -> usize {
-    2 * config.high_water + 4 * config.buffer_size
 }
 
 /// A listener for the test's upstream server.
@@ -88,31 +53,6 @@ fn accept(listener: &TcpListener) -> TcpStream {
     stream.set_read_timeout(Some(LIMIT)).expect("timeout");
     stream.set_write_timeout(Some(LIMIT)).expect("timeout");
     stream
-}
-
-/// Runs turns, calling `step` before each (it returns the progress so far),
-/// until the progress stays put for [`STALL`]; returns it. Records the
-/// relay's peak buffer memory in `peak`.
-fn turn_until_stalled<H: netloop::Handler>(
-    event_loop: &mut EventLoop<H>,
-    peak: &mut usize,
-    mut step: impl FnMut() -> usize,
-) -> usize {
-    let deadline = Instant::now() + LIMIT;
-    let (mut last, mut since) = (usize::MAX, Instant::now());
-    loop {
-        let progress = step();
-        if progress != last {
-            (last, since) = (progress, Instant::now());
-        } else if progress > 0 && since.elapsed() >= STALL {
-            return progress;
-        }
-        assert!(Instant::now() < deadline, "never stalled: {progress} bytes");
-        event_loop
-            .turn(Some(Duration::from_millis(1)))
-            .expect("turn");
-        *peak = (*peak).max(event_loop.buffer_bytes());
-    }
 }
 
 /// Writes what the nonblocking `stream` takes of stream `seed` from `sent`

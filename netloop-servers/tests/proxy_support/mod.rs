@@ -18,32 +18,10 @@ pub const LIMIT: Duration = Duration::from_secs(10);
 pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * KIB;
 
-/// Byte `offset` of stream `seed`: a lost, repeated or reordered chunk
-/// shows as a wrong byte.
-pub fn pattern_byte(seed: u64, offset: usize) -> u8 {
-    let word = (offset / 8) as u64 ^ seed.rotate_left(32);
-    let x = word.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x ^ (x >> 29)).to_le_bytes()[offset % 8]
-}
-
-pub fn fill(seed: u64, offset: usize, buf: &mut [u8]) {
-    for (i, byte) in buf.iter_mut().enumerate() {
-        *byte = pattern_byte(seed, offset + i);
-    }
-}
-
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut bytes = vec![0; len];
-    fill(seed, 0, &mut bytes);
-    bytes
-}
-
-/// The offset of the first byte of `got` that is not stream `seed`'s.
-pub fn first_wrong(seed: u64, offset: usize, got: &[u8]) -> Option<usize> {
-    (0..got.len())
-        .find(|&i| got[i] != pattern_byte(seed, offset + i))
-        .map(|i| offset + i)
-}
+// The core's checked streams and stall helper, shared rather than copied.
+#[path = "../../../netloop/tests/support/stream.rs"]
+mod stream;
+pub use stream::*;
 
 /// An address nothing listens on: connects to it are refused.
 pub fn refused_addr() -> SocketAddr {

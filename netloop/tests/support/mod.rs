@@ -2,6 +2,8 @@
 //! that drives many loopback connections and checks every echoed byte.
 #![allow(dead_code)]
 
+pub mod stream;
+
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
