@@ -515,11 +515,12 @@ def report(a):
             p(f"| {r['server']} | {r['proto']} | {r['rss_before_kib'] / 1024:.1f} | {r['rss_kib'] / 1024:.1f} "
               f"| {r['per_conn_bytes']:,} | {r['open_after']:,} |")
         p("")
-    # Keep the section bench/proxy.sh writes (between its markers), which this run does not measure.
-    begin, end = "<!-- proxy.sh: begin -->", "<!-- proxy.sh: end -->"
+    # Keep the section bench/proxy.sh writes (from its begin marker to the end of the file, so the
+    # notes written after it too), which this run does not measure.
+    begin = "<!-- proxy.sh: begin -->"
     prev = open(a.md).read() if os.path.exists(a.md) else ""
-    if begin in prev and end in prev:
-        out += [begin + prev.split(begin, 1)[1].split(end, 1)[0] + end, ""]
+    if begin in prev:
+        out += ["", begin + prev.split(begin, 1)[1].rstrip("\n"), ""]
     open(a.md, "w").write("\n".join(out))
 
 ap = argparse.ArgumentParser()
