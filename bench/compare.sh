@@ -15,7 +15,8 @@
 # overhead does not touch the throughput figures.
 #
 # Writes bench/results.csv (medians), bench/results-runs.csv (every run),
-# bench/results.svg (chart) and bench/RESULTS.md.
+# bench/results.svg (chart) and bench/RESULTS.md (keeping the section that
+# bench/proxy.sh writes there: netloop proxy vs nginx stream vs HAProxy).
 #
 # usage: bench/compare.sh [ROUNDS] [DURATION]
 #   ROUNDS            interleaved rounds (default 3)
@@ -514,6 +515,12 @@ def report(a):
             p(f"| {r['server']} | {r['proto']} | {r['rss_before_kib'] / 1024:.1f} | {r['rss_kib'] / 1024:.1f} "
               f"| {r['per_conn_bytes']:,} | {r['open_after']:,} |")
         p("")
+    # Keep the section bench/proxy.sh writes (from its begin marker to the end of the file, so the
+    # notes written after it too), which this run does not measure.
+    begin = "<!-- proxy.sh: begin -->"
+    prev = open(a.md).read() if os.path.exists(a.md) else ""
+    if begin in prev:
+        out += ["", begin + prev.split(begin, 1)[1].rstrip("\n"), ""]
     open(a.md, "w").write("\n".join(out))
 
 ap = argparse.ArgumentParser()
