@@ -160,6 +160,7 @@ fn server_args(args: &BenchArgs) -> ServerArgs {
         pool_full: PoolFull::Close,
         trigger: TriggerArg::Edge,
         stop_timeout: 0.5,
+        upgrade_timeout: 10.0,
         send_timeout: 60.0,
         linger_timeout: 5.0,
         threads: Some(args.threads),

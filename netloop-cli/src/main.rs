@@ -9,6 +9,7 @@ mod load;
 mod proxy;
 mod serve;
 mod sys;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 

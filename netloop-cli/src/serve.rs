@@ -2,16 +2,18 @@
 //! and the options that shape the loop.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use netloop::server::{Dispatch, Mode, Server, ServerConfig};
+use netloop::server::{Dispatch, ListeningSockets, Mode, Server, ServerConfig, Stopper};
 use netloop::{Config, Handler, PoolFullPolicy, Stats, Trigger};
 
 use crate::sys::rlimit;
-use crate::sys::signal::{SIGINT, SIGTERM, SignalFd};
+use crate::sys::env;
+use crate::sys::signal::{SIGINT, SIGTERM, SIGUSR2, SignalFd};
+use crate::upgrade::{Outcome, Upgrader};
 
 /// Errors a server subcommand reports before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +63,14 @@ pub struct ServerArgs {
     /// closes at once.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub linger_timeout: f64,
-    /// Seconds a graceful stop lets connections drain.
+    /// Seconds a graceful stop lets connections drain (after a live
+    /// upgrade: how long the old process serves the connections it has).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub stop_timeout: f64,
+    /// Seconds the new process of a live upgrade (SIGUSR2) has to become
+    /// ready before it is killed and this one serves on.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub upgrade_timeout: f64,
     /// Event loop threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -151,8 +158,14 @@ fn positive_secs(secs: f64) -> Option<Duration> {
 
 /// A server started by one of the modes, seen the same way whatever the mode.
 pub struct Running {
-    /// The bound address.
+    /// The bound address (the first one's).
     pub addr: SocketAddr,
+    /// Every address listened on.
+    pub addrs: Vec<SocketAddr>,
+    /// Stops the loops (a graceful stop, or a hand-over to a new process).
+    pub stopper: Stopper,
+    /// The listening sockets, for a live upgrade.
+    pub sockets: ListeningSockets,
     /// Begins a graceful stop.
     pub stop: Box<dyn Fn() + Send + Sync>,
     /// Waits for the threads; each serving thread's stats.
@@ -207,6 +220,27 @@ where
     start_with(args, args.config(), make_handler)
 }
 
+/// The listening sockets passed by socket activation (systemd, or the
+/// process this one upgrades), if any; then the protocol's variables are
+/// removed so that nothing this process starts inherits them. Call it while
+/// the process has one thread.
+pub fn take_activated_sockets() -> Result<Option<Vec<TcpListener>>, ServeError> {
+    let activated = netloop::activation::listen_fds()
+        .map_err(|e| ServeError::Usage(format!("socket activation: {e}")))?;
+    let mut variables = netloop::activation::VARIABLES.to_vec();
+    variables.extend(["NOTIFY_SOCKET", crate::upgrade::SYSTEMD_SOCKET_VARIABLE]);
+    env::remove_while_single_threaded(&variables);
+    Ok(activated.map(|sockets| {
+        tracing::info!(
+            pid = std::process::id(),
+            parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()),
+            sockets = sockets.len(),
+            "listening sockets taken from socket activation; --addr is not bound"
+        );
+        sockets.into_iter().map(|s| s.listener).collect()
+    }))
+}
+
 /// [`start`], with the loops' configuration given (a server whose
 /// handler needs settings the options alone do not say).
 pub fn start_with<H, F>(
@@ -219,16 +253,39 @@ where
     H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
+    start_on(args, loop_config, None, make_handler)
+}
+
+/// [`start_with`], on listening sockets bound elsewhere when `sockets` is
+/// given (socket activation), instead of `args.addr`.
+pub fn start_on<H, F>(
+    args: &ServerArgs,
+    loop_config: Config,
+    sockets: Option<Vec<TcpListener>>,
+    make_handler: F,
+) -> Result<Running, ServeError>
+where
+    H: Handler + 'static,
+    H::State: Send + 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
     args.check()?;
     let config = ServerConfig {
         loop_config,
         ..args.server_config()
     };
-    let server = Server::start(args.addr, config, make_handler)?;
+    let server = match sockets {
+        Some(sockets) => Server::start_on(sockets, config, make_handler)?,
+        None => Server::start(args.addr, config, make_handler)?,
+    };
     let stopper = server.stopper();
+    let for_stop = stopper.clone();
     Ok(Running {
         addr: server.local_addr(),
-        stop: Box::new(move || stopper.stop()),
+        addrs: server.local_addrs(),
+        stopper,
+        sockets: server.listening_sockets(),
+        stop: Box::new(move || for_stop.stop()),
         join: Box::new(move || server.join()),
     })
 }
@@ -260,20 +317,18 @@ where
         Ok(limit) => tracing::debug!(soft = limit.soft, hard = limit.hard, "RLIMIT_NOFILE"),
         Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
     }
+    let upgrader = Upgrader::at_start(secs_at_least_ms(args.upgrade_timeout))?;
+    let sockets = take_activated_sockets()?;
     // Blocked before any thread starts, so every thread inherits the mask and
     // the signals arrive only through the signalfd.
-    let signals = SignalFd::block(&[SIGINT, SIGTERM])?;
-    let running = start_with(args, loop_config, make_handler)?;
-    announce(running.addr)?;
-    let stop = running.stop;
+    let signals = SignalFd::block(&[SIGINT, SIGTERM, SIGUSR2])?;
+    let running = start_on(args, loop_config, sockets, make_handler)?;
+    announce(&running.addrs)?;
+    upgrader.announce_ready();
+    let (stopper, sockets) = (running.stopper, running.sockets);
     thread::Builder::new()
         .name("netloop-signals".into())
-        .spawn(move || {
-            if let Ok(signal) = signals.wait() {
-                tracing::info!(signal, "stopping");
-                stop();
-            }
-        })?;
+        .spawn(move || supervise(&signals, &stopper, &sockets, &upgrader))?;
     let per_loop = (running.join)()?;
     let mut total = Stats::default();
     for (index, stats) in per_loop.iter().enumerate() {
@@ -291,9 +346,76 @@ where
     Ok(())
 }
 
-/// Prints the bound address as the first line of stdout, for scripts and tests.
-fn announce(addr: SocketAddr) -> std::io::Result<()> {
+/// What the signal thread does: SIGINT/SIGTERM stop, SIGUSR2 upgrades.
+fn supervise(
+    signals: &SignalFd,
+    stopper: &Stopper,
+    sockets: &ListeningSockets,
+    upgrader: &Upgrader,
+) {
+    let pid = std::process::id();
+    loop {
+        let Ok(signal) = signals.wait() else {
+            return;
+        };
+        if signal != SIGUSR2 {
+            tracing::info!(pid, signal, "stopping");
+            upgrader.announce_stopping();
+            stopper.stop();
+            return;
+        }
+        tracing::info!(pid, "SIGUSR2: upgrading");
+        let outcome = match sockets.duplicate() {
+            Ok(passed) => upgrader.upgrade(passed, signals),
+            Err(e) => {
+                tracing::error!(pid, error = %e, "upgrade failed: cannot duplicate the listening sockets; still serving");
+                Outcome::Failed
+            }
+        };
+        match outcome {
+            Outcome::Failed => continue,
+            Outcome::Stop(signal) => {
+                tracing::info!(pid, signal, "stopping");
+                upgrader.announce_stopping();
+                stopper.stop();
+                return;
+            }
+            Outcome::Ready(new_pid) => {
+                stopper.hand_over();
+                after_hand_over(signals, new_pid);
+                return;
+            }
+        }
+    }
+}
+
+/// The old process after an upgrade: it drains, and refuses a second one.
+fn after_hand_over(signals: &SignalFd, new_pid: u32) {
+    let pid = std::process::id();
+    while let Ok(signal) = signals.wait() {
+        match signal {
+            SIGUSR2 => tracing::warn!(
+                pid,
+                new_pid,
+                "SIGUSR2 ignored: this process has handed over to the new one and is draining"
+            ),
+            _ => tracing::info!(pid, signal, "already stopping: draining"),
+        }
+    }
+}
+
+/// `secs` seconds, at least a millisecond (also for NaN).
+fn secs_at_least_ms(secs: f64) -> Duration {
+    let secs = if secs.is_nan() { 0.0 } else { secs };
+    Duration::from_secs_f64(secs.clamp(0.001, 1e9))
+}
+
+/// Prints each listening address (`listening on ADDR`) as the first lines
+/// of stdout, for scripts and tests.
+fn announce(addrs: &[SocketAddr]) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {addr}")?;
+    for addr in addrs {
+        writeln!(stdout, "listening on {addr}")?;
+    }
     stdout.flush()
 }

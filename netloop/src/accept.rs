@@ -13,6 +13,7 @@ use crate::config::PoolFullPolicy;
 use crate::core::Core;
 use crate::error::Error;
 use crate::event_loop::EventLoop;
+use crate::handle::StopKind;
 use crate::handler::Handler;
 use crate::listeners::{Listener, listener_token};
 use crate::registration::Registration;
@@ -325,9 +326,11 @@ impl<S> Core<S> {
 
     /// Stops accepting for good and closes the listeners, so new connection
     /// attempts fail at once instead of waiting in a backlog nobody serves.
-    pub(crate) fn close_listeners(&mut self) {
+    /// Handing over, the listeners keep listening: the other process
+    /// serves them and the connections in their backlogs.
+    pub(crate) fn close_listeners(&mut self, kind: StopKind) {
         self.sync_listeners();
-        if self.registration == Registration::OneShot {
+        if self.registration == Registration::OneShot && kind == StopKind::Drain {
             // The workers share it, and the others may only drop their
             // copies much later: stop it listening now.
             for listener in &self.listeners.list {

@@ -2,7 +2,7 @@
 //! accepts and hands each connection to a loop through its mailbox.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::event_loop::{EventLoop, Handoff};
 use crate::handle::LoopHandle;
 use crate::handler::Handler;
 use crate::loop_thread::{Health, LoopThread, spawn_loop};
+use crate::sys::epoll::READABLE;
 
 /// Chooses the loop for a connection in the acceptor mode.
 #[derive(Clone, Default)]
@@ -45,14 +46,14 @@ impl Handler for AcceptOnly {
     }
 }
 
-/// Starts the acceptor thread on `addr`, handing connections to `targets`.
+/// Starts the acceptor thread on `sockets`, handing connections to `targets`.
 pub(crate) fn spawn_acceptor<S: 'static>(
-    addr: SocketAddr,
+    sockets: Vec<Arc<TcpListener>>,
     loop_config: &Config,
     dispatch: Dispatch,
     targets: &[LoopHandle<S>],
     health: Arc<Health>,
-) -> Result<(LoopHandle<()>, LoopThread, SocketAddr), Error> {
+) -> Result<(LoopHandle<()>, LoopThread), Error> {
     let distributor = Distributor::new(targets.to_vec(), dispatch);
     let config = Config {
         max_connections: 1,
@@ -61,14 +62,14 @@ pub(crate) fn spawn_acceptor<S: 'static>(
     let build = move || {
         let mut event_loop = EventLoop::new(config, AcceptOnly)?;
         event_loop.handoff = Some(Box::new(distributor));
-        let bound = event_loop.listen(addr)?;
-        Ok((event_loop, Some(bound)))
+        for socket in sockets {
+            event_loop.add_listener_with(socket, READABLE)?;
+        }
+        Ok((event_loop, None))
     };
     let (thread, ready) = spawn_loop("netloop-acceptor".to_string(), health, build)?;
-    let (handle, bound) = ready?;
-    let bound =
-        bound.ok_or_else(|| Error::Io(std::io::Error::other("acceptor has no listener")))?;
-    Ok((handle, thread, bound))
+    let (handle, _) = ready?;
+    Ok((handle, thread))
 }
 
 /// Picks target loops for accepted connections.

@@ -9,6 +9,7 @@ use crate::config::StopStyle;
 use crate::connection::{Phase, WriteSide};
 use crate::core::{CloseMode, CloseRequest, Core};
 use crate::event_loop::EventLoop;
+use crate::handle::StopKind;
 use crate::handler::Handler;
 use crate::timer::TimerKind;
 use crate::token::ConnId;
@@ -101,22 +102,23 @@ fn stopping_renames(phase: Phase, reason: CloseReason) -> CloseReason {
 
 impl<S> Core<S> {
     /// Stops accepting, lets every connection drain its output and send
-    /// FIN, and arms the deadline after which the rest are closed.
-    pub(crate) fn begin_stop(&mut self) {
+    /// FIN (or, handing over, finish on its own), and arms the deadline
+    /// after which the rest are closed.
+    pub(crate) fn begin_stop(&mut self, kind: StopKind) {
         if self.stopping {
             return;
         }
         self.stopping = true;
-        self.close_listeners();
+        self.close_listeners(kind);
         let deadline = self.clock.after(self.config.stop_timeout);
         self.timers.insert(deadline, TimerKind::StopDeadline);
         if let Some(slab) = self.conns.shared_slab() {
             // Before the sweep, so the other workers know what holds their
             // connections for a moment.
-            slab.begin_stop();
+            slab.begin_stop(kind == StopKind::HandOver);
         }
         for id in self.conns.acquire_all() {
-            self.stop_conn(id);
+            self.stop_conn(id, kind);
         }
     }
 
@@ -124,19 +126,24 @@ impl<S> Core<S> {
     /// part in it (its own listener copy, deadline, and the connections it
     /// finds parked). Returns whether it did so now.
     pub(crate) fn follow_shared_stop(&mut self) -> bool {
-        let stopping = self
-            .conns
-            .shared_slab()
-            .is_some_and(|slab| slab.is_stopping());
+        let Some(slab) = self.conns.shared_slab() else {
+            return false;
+        };
+        let (stopping, handover) = (slab.is_stopping(), slab.is_handing_over());
         if stopping && !self.stopping {
-            self.begin_stop();
+            let kind = if handover {
+                StopKind::HandOver
+            } else {
+                StopKind::Drain
+            };
+            self.begin_stop(kind);
             return true;
         }
         false
     }
 
-    fn stop_conn(&mut self, id: ConnId) {
-        if self.config.stop_style == StopStyle::LetFinish {
+    fn stop_conn(&mut self, id: ConnId, kind: StopKind) {
+        if kind == StopKind::HandOver || self.config.stop_style == StopStyle::LetFinish {
             // Left to end on its own, or at the stop deadline.
             return;
         }

@@ -28,7 +28,7 @@ impl<H: Handler> EventLoop<H> {
 
     fn run_command(&mut self, command: Command<H::State>) {
         match command {
-            Command::Stop => self.core.begin_stop(),
+            Command::Stop(kind) => self.core.begin_stop(kind),
             Command::Write(id, bytes) => self.on_conn_command(id, Deferred::Write(bytes)),
             Command::Close(id) => self.on_conn_command(id, Deferred::Close),
             Command::Adopt(fd, peer) => self.adopt_fd(fd, peer),

@@ -15,6 +15,7 @@ use crate::close_reason::CloseReason;
 use crate::connection::{Connection, Hold, Origin};
 use crate::core::{CloseMode, Core};
 use crate::error::Error;
+use crate::handle::StopKind;
 use crate::stats::Stats;
 use crate::sys::socket;
 use crate::timer::TimerId;
@@ -94,7 +95,7 @@ impl<'a, S> Ctx<'a, S> {
 
     /// Begins a graceful stop, as [`LoopHandle::stop`](crate::LoopHandle::stop) does.
     pub fn stop(&mut self) {
-        self.core.begin_stop();
+        self.core.begin_stop(StopKind::Drain);
     }
 }
 

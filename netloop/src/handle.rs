@@ -15,9 +15,20 @@ use crate::waker::Mailbox;
 /// A task run on the loop's thread with access to its connections.
 pub type Task<S> = Box<dyn for<'a> FnOnce(&mut Ctx<'a, S>) + Send>;
 
+/// How a stop treats the listening sockets and the open connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopKind {
+    /// As the loop's `StopStyle` says; listeners stop listening.
+    Drain,
+    /// Another process took over the listening sockets: they are closed
+    /// here but must keep listening, and every open connection is left to
+    /// finish on its own (until the stop deadline).
+    HandOver,
+}
+
 /// What another thread asks a loop to do.
 pub(crate) enum Command<S> {
-    Stop,
+    Stop(StopKind),
     Write(ConnId, Vec<u8>),
     Close(ConnId),
     Run(Task<S>),
@@ -70,7 +81,17 @@ impl<S> LoopHandle<S> {
     /// Asks the loop to stop gracefully: stop accepting, let connections
     /// drain until the stop deadline, then close the rest.
     pub fn stop(&self) -> Result<(), Error> {
-        self.mailbox.send(Command::Stop)
+        self.mailbox.send(Command::Stop(StopKind::Drain))
+    }
+
+    /// Asks the loop to stop because another process now serves its
+    /// listening sockets (a live upgrade): it stops accepting and closes its
+    /// copies of the listeners without shutting them down (the other
+    /// process accepts from them, and their backlogs), and lets every open
+    /// connection finish on its own until the stop deadline, whatever the
+    /// loop's [`StopStyle`](crate::StopStyle).
+    pub fn hand_over(&self) -> Result<(), Error> {
+        self.mailbox.send(Command::Stop(StopKind::HandOver))
     }
 
     /// Queues `bytes` for the connection `id`.

@@ -89,6 +89,9 @@ mod loop_thread;
 mod oneshot;
 pub mod server;
 
+pub mod activation;
+pub mod notify;
+
 pub mod echo;
 
 pub use buffer::Buffer;

@@ -10,7 +10,7 @@
 //! A handler may therefore block or run long (a database call, a disk read)
 //! without stalling other connections. The price is one `epoll_ctl` per event.
 
-use std::net::SocketAddr;
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,7 +26,6 @@ use crate::registration::Registration;
 use crate::shared::{Checkout, SharedSlab};
 use crate::slots::Slots;
 use crate::sys::epoll::{EDGE, Epoll, ONESHOT, READABLE};
-use crate::sys::socket::{self, ListenOptions};
 use crate::timer::{CancelBoxes, Timers};
 use crate::token::{ConnId, EXIT_INDEX, WAKER_INDEX};
 use crate::waker::Mailbox;
@@ -38,14 +37,16 @@ struct Pool<S> {
     occupants: Arc<Occupants>,
     mailbox: Arc<Mailbox<Command<S>>>,
     cancel_boxes: CancelBoxes,
-    listener: Arc<std::net::TcpListener>,
+    listeners: Vec<Arc<TcpListener>>,
     clock_origin: Instant,
 }
 
 impl<S> Pool<S> {
-    fn new(addr: SocketAddr, config: &Config, threads: usize) -> Result<Self, Error> {
-        let listener = socket::listen(addr, ListenOptions::default())
-            .map_err(|source| Error::Listen { addr, source })?;
+    fn new(
+        listeners: Vec<Arc<TcpListener>>,
+        config: &Config,
+        threads: usize,
+    ) -> Result<Self, Error> {
         let epoll = Epoll::new()?;
         let mailbox = Mailbox::new()?;
         let slab = SharedSlab::new(config.max_connections)?;
@@ -69,7 +70,7 @@ impl<S> Pool<S> {
             occupants: Arc::new(Occupants::new(config.max_connections)),
             mailbox: Arc::new(mailbox),
             cancel_boxes: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
-            listener: Arc::new(listener),
+            listeners,
             clock_origin: Instant::now(),
         })
     }
@@ -87,16 +88,15 @@ impl<S> Pool<S> {
     }
 }
 
-/// A started pool: its one handle, its worker threads, its address.
+/// A started pool: its one handle, its worker threads.
 pub(crate) struct Workers<S> {
     pub(crate) handle: LoopHandle<S>,
     pub(crate) threads: Vec<LoopThread>,
-    pub(crate) local_addr: SocketAddr,
 }
 
-/// Starts `threads` one-shot workers serving `addr`.
+/// Starts `threads` one-shot workers serving `listeners`.
 pub(crate) fn spawn_workers<H, F>(
-    addr: SocketAddr,
+    listeners: Vec<Arc<TcpListener>>,
     threads: usize,
     config: &Config,
     make_handler: Arc<F>,
@@ -107,7 +107,7 @@ where
     H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
-    let pool = Arc::new(Pool::<H::State>::new(addr, config, threads)?);
+    let pool = Arc::new(Pool::<H::State>::new(listeners, config, threads)?);
     // One event per wait: a worker takes one ready connection, serves it and
     // hands it back before it takes another, so a slow handler holds up its
     // own connection only and the other workers take the rest.
@@ -115,7 +115,6 @@ where
         events_capacity: 1,
         ..config.clone()
     };
-    let bound = pool.listener.local_addr()?;
     let mut workers = Vec::with_capacity(threads);
     let mut handle = None;
     for index in 0..threads {
@@ -124,8 +123,9 @@ where
         let config = config.clone();
         let build = move || {
             let mut worker = EventLoop::with_parts(config, make_handler(index), pool.parts(index));
-            let listener = Arc::clone(&pool.listener);
-            worker.add_listener_with(listener, READABLE | ONESHOT)?;
+            for listener in &pool.listeners {
+                worker.add_listener_with(Arc::clone(listener), READABLE | ONESHOT)?;
+            }
             Ok((worker, None))
         };
         let name = format!("netloop-oneshot-{index}");
@@ -138,6 +138,5 @@ where
     Ok(Workers {
         handle,
         threads: workers,
-        local_addr: bound,
     })
 }

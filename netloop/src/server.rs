@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread;
 
 pub use crate::acceptor::Dispatch;
@@ -24,11 +24,12 @@ use crate::acceptor::spawn_acceptor;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event_loop::EventLoop;
-use crate::handle::LoopHandle;
+use crate::handle::{LoopHandle, StopKind};
 use crate::handler::Handler;
 use crate::loop_thread::{Health, LoopThread, spawn_loop};
 use crate::oneshot::spawn_workers;
 use crate::stats::Stats;
+use crate::sys::epoll::{EXCLUSIVE, READABLE};
 use crate::sys::socket::{self, ListenOptions};
 
 /// How the loops of a [`Server`] get their connections.
@@ -81,7 +82,7 @@ impl Default for ServerConfig {
 /// (a signal handler thread, say).
 #[derive(Clone)]
 pub struct Stopper {
-    stops: Vec<Arc<dyn Fn() + Send + Sync>>,
+    stops: Vec<Arc<dyn Fn(StopKind) + Send + Sync>>,
 }
 
 impl fmt::Debug for Stopper {
@@ -97,8 +98,54 @@ impl Stopper {
     /// the stop timeout, close the rest with `CloseReason::Shutdown`.
     pub fn stop(&self) {
         for stop in &self.stops {
-            stop();
+            stop(StopKind::Drain);
         }
+    }
+
+    /// Stops every loop because another process now serves the listening
+    /// sockets (a live upgrade; see [`LoopHandle::hand_over`]): stop
+    /// accepting, leave the sockets listening for the other process, let
+    /// open connections finish on their own until the stop timeout.
+    pub fn hand_over(&self) {
+        for stop in &self.stops {
+            stop(StopKind::HandOver);
+        }
+    }
+}
+
+/// The listening sockets of a [`Server`]; `Send + Clone`. It does not keep
+/// them open: once the loops have closed them (a stop), it holds none.
+#[derive(Clone, Debug)]
+pub struct ListeningSockets {
+    sockets: Vec<Weak<TcpListener>>,
+}
+
+impl ListeningSockets {
+    /// Duplicates of the sockets the server still accepts from, in order:
+    /// what a live upgrade passes to the next process with
+    /// [`activation::spawn`](crate::activation::spawn) before
+    /// [`Stopper::hand_over`]. The duplicates share the kernel sockets, and
+    /// so their backlogs.
+    pub fn duplicate(&self) -> std::io::Result<Vec<TcpListener>> {
+        self.sockets
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|socket| socket.try_clone())
+            .collect()
+    }
+
+    /// Every address listened on, each once (several `SO_REUSEPORT`
+    /// sockets share one).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for socket in self.sockets.iter().filter_map(Weak::upgrade) {
+            if let Ok(addr) = socket.local_addr()
+                && !addrs.contains(&addr)
+            {
+                addrs.push(addr);
+            }
+        }
+        addrs
     }
 }
 
@@ -120,6 +167,10 @@ impl Stopper {
 /// ```
 pub struct Server<S> {
     local_addr: SocketAddr,
+    /// The listening sockets, while some loop still accepts from them: to
+    /// hand to another process in a live upgrade, without keeping them
+    /// listening after the loops have closed them.
+    listeners: Vec<Weak<TcpListener>>,
     handles: Vec<LoopHandle<S>>,
     acceptor: Option<(LoopHandle<()>, LoopThread)>,
     loops: Vec<LoopThread>,
@@ -129,6 +180,7 @@ impl<S> fmt::Debug for Server<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
+            .field("listeners", &self.listeners.len())
             .field("loops", &self.loops.len())
             .field("acceptor", &self.acceptor.is_some())
             .finish()
@@ -139,6 +191,9 @@ impl<S: Default + Send + 'static> Server<S> {
     /// Starts `config.threads` loops serving `addr`, each with the handler
     /// `make_handler(loop_index)` builds on that loop's own thread (so the
     /// handler need not be `Send`).
+    ///
+    /// In [`Mode::ReusePort`] it binds one `SO_REUSEPORT` socket per loop;
+    /// in the other modes, one socket.
     pub fn start<H, F>(
         addr: SocketAddr,
         config: ServerConfig,
@@ -148,21 +203,62 @@ impl<S: Default + Send + 'static> Server<S> {
         H: Handler<State = S> + 'static,
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
+        let sockets = match config.mode {
+            Mode::ReusePort => bind_reuseport(addr, config.threads.max(1))?,
+            _ => vec![socket::listen(addr, ListenOptions::default())
+                .map_err(|source| Error::Listen { addr, source })?],
+        };
+        Self::start_on(sockets, config, make_handler)
+    }
+
+    /// Starts the loops on listening sockets bound elsewhere: passed by
+    /// systemd or by an older version of the server
+    /// ([`activation::listen_fds`](crate::activation::listen_fds)), or
+    /// bound by the caller. Every socket is accepted from, in every mode:
+    ///
+    /// - [`Mode::ReusePort`]: with at least as many sockets as loops, each
+    ///   socket belongs to one loop (loop `i` takes sockets `i`, `i +
+    ///   threads`, …), so `SO_REUSEPORT` sockets keep their own backlogs;
+    ///   with fewer, loop `i` shares socket `i % sockets` with the other
+    ///   loops on it, registered with `EPOLLEXCLUSIVE`.
+    /// - [`Mode::Exclusive`] and [`Mode::OneShot`]: every loop (worker)
+    ///   accepts from every socket.
+    /// - [`Mode::Acceptor`]: the acceptor accepts from every socket.
+    pub fn start_on<H, F>(
+        listeners: Vec<TcpListener>,
+        config: ServerConfig,
+        make_handler: F,
+    ) -> Result<Self, Error>
+    where
+        H: Handler<State = S> + 'static,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        if listeners.is_empty() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a server needs at least one listening socket",
+            )));
+        }
+        let listeners: Vec<Arc<TcpListener>> = listeners.into_iter().map(Arc::new).collect();
+        let local_addr = listeners[0].local_addr()?;
+        let weak = listeners.iter().map(Arc::downgrade).collect();
         let health = Arc::new(Health::default());
         let make_handler = Arc::new(make_handler);
         let threads = config.threads.max(1);
-        let server = match config.mode {
+        let (handles, acceptor, loops) = match config.mode {
             Mode::OneShot => {
                 let workers =
-                    spawn_workers(addr, threads, &config.loop_config, make_handler, &health)?;
-                Self {
-                    local_addr: workers.local_addr,
-                    handles: vec![workers.handle],
-                    acceptor: None,
-                    loops: workers.threads,
-                }
+                    spawn_workers(listeners, threads, &config.loop_config, make_handler, &health)?;
+                (vec![workers.handle], None, workers.threads)
             }
-            _ => start_loops(addr, &config, make_handler, &health)?,
+            _ => start_loops(listeners, &config, make_handler, &health)?,
+        };
+        let server = Self {
+            local_addr,
+            listeners: weak,
+            handles,
+            acceptor,
+            loops,
         };
         let stopper = server.stopper();
         health.set_stop_all(Box::new(move || stopper.stop()));
@@ -170,75 +266,105 @@ impl<S: Default + Send + 'static> Server<S> {
     }
 }
 
+/// `count` `SO_REUSEPORT` sockets on `addr` (with port 0, the port the
+/// first one got).
+fn bind_reuseport(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, Error> {
+    let options = ListenOptions {
+        reuse_port: true,
+        ..ListenOptions::default()
+    };
+    let mut bind_addr = addr;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = socket::listen(bind_addr, options)
+            .map_err(|source| Error::Listen { addr: bind_addr, source })?;
+        bind_addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// The sockets loop `index` of `threads` accepts from, and how each is
+/// registered, in the reuseport and exclusive modes.
+fn sockets_of_loop(
+    mode: Mode,
+    sockets: &[Arc<TcpListener>],
+    index: usize,
+    threads: usize,
+) -> Vec<(Arc<TcpListener>, u32)> {
+    match mode {
+        Mode::ReusePort if sockets.len() >= threads => sockets
+            .iter()
+            .skip(index)
+            .step_by(threads)
+            .map(|s| (Arc::clone(s), READABLE))
+            .collect(),
+        Mode::ReusePort => vec![(
+            Arc::clone(&sockets[index % sockets.len()]),
+            READABLE | EXCLUSIVE,
+        )],
+        Mode::Exclusive => sockets
+            .iter()
+            .map(|s| (Arc::clone(s), READABLE | EXCLUSIVE))
+            .collect(),
+        Mode::Acceptor | Mode::OneShot => Vec::new(),
+    }
+}
+
+type Started<S> = (
+    Vec<LoopHandle<S>>,
+    Option<(LoopHandle<()>, LoopThread)>,
+    Vec<LoopThread>,
+);
+
 /// Starts the loops of the reuseport, exclusive and acceptor modes.
 fn start_loops<S, H, F>(
-    addr: SocketAddr,
+    sockets: Vec<Arc<TcpListener>>,
     config: &ServerConfig,
     make_handler: Arc<F>,
     health: &Arc<Health>,
-) -> Result<Server<S>, Error>
+) -> Result<Started<S>, Error>
 where
     S: Default + 'static,
     H: Handler<State = S> + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
-    let shared_listener = match config.mode {
-        Mode::Exclusive => Some(
-            socket::listen(addr, ListenOptions::default())
-                .map_err(|source| Error::Listen { addr, source })?,
-        ),
-        _ => None,
-    };
-    let mut bind_addr = addr;
+    let threads = config.threads.max(1);
     let mut handles = Vec::new();
     let mut loops = Vec::new();
-    let mut local_addr = shared_listener
-        .as_ref()
-        .map(TcpListener::local_addr)
-        .transpose()?;
-    for index in 0..config.threads.max(1) {
-        let shared = shared_listener
-            .as_ref()
-            .map(TcpListener::try_clone)
-            .transpose()?;
-        let mode = config.mode;
+    for index in 0..threads {
+        let own = sockets_of_loop(config.mode, &sockets, index, threads);
         let make_handler = Arc::clone(&make_handler);
         let loop_config = config.loop_config.clone();
         let build = move || {
             let mut event_loop = EventLoop::new(loop_config, make_handler(index))?;
-            let bound = listen_for_mode(&mut event_loop, mode, bind_addr, shared)?;
-            Ok((event_loop, bound))
+            for (socket, interest) in own {
+                event_loop.add_listener_with(socket, interest)?;
+            }
+            Ok((event_loop, None))
         };
         let spawned = spawn_loop(format!("netloop-{index}"), Arc::clone(health), build);
-        let (thread, (handle, bound)) = match spawned.and_then(|(t, ready)| Ok((t, ready?))) {
+        let (thread, (handle, _)) = match spawned.and_then(|(t, ready)| Ok((t, ready?))) {
             Ok(started) => started,
             Err(e) => {
                 stop_all(&handles);
                 return Err(e);
             }
         };
-        if let Some(bound) = bound {
-            // Port 0: the first loop picked a port; the others join it.
-            bind_addr = bound;
-            local_addr.get_or_insert(bound);
-        }
         handles.push(handle);
         loops.push(thread);
     }
     let acceptor = match config.mode {
         Mode::Acceptor => {
             let spawned = spawn_acceptor(
-                addr,
+                sockets,
                 &config.loop_config,
                 config.dispatch.clone(),
                 &handles,
                 Arc::clone(health),
             );
             match spawned {
-                Ok((handle, thread, bound)) => {
-                    local_addr = Some(bound);
-                    Some((handle, thread))
-                }
+                Ok((handle, thread)) => Some((handle, thread)),
                 Err(e) => {
                     stop_all(&handles);
                     return Err(e);
@@ -247,39 +373,27 @@ where
         }
         _ => None,
     };
-    let local_addr = local_addr.ok_or_else(|| Error::Io(std::io::Error::other("no listener")))?;
-    Ok(Server {
-        local_addr,
-        handles,
-        acceptor,
-        loops,
-    })
-}
-
-/// Gives a loop its listener as the mode wants; returns the bound address.
-fn listen_for_mode<H: Handler>(
-    event_loop: &mut EventLoop<H>,
-    mode: Mode,
-    addr: SocketAddr,
-    shared: Option<TcpListener>,
-) -> Result<Option<SocketAddr>, Error> {
-    match (mode, shared) {
-        (Mode::ReusePort, _) => {
-            let options = ListenOptions {
-                reuse_port: true,
-                ..ListenOptions::default()
-            };
-            event_loop.listen_with(addr, options).map(Some)
-        }
-        (Mode::Exclusive, Some(listener)) => event_loop.add_listener(listener, true).map(Some),
-        _ => Ok(None),
-    }
+    Ok((handles, acceptor, loops))
 }
 
 impl<S: 'static> Server<S> {
-    /// The address the server listens on.
+    /// The address the server listens on (its first socket's).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every address the server listens on, each once (several
+    /// `SO_REUSEPORT` sockets share one).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listening_sockets().local_addrs()
+    }
+
+    /// The server's listening sockets, reachable from any thread: what a
+    /// live upgrade hands to the next process.
+    pub fn listening_sockets(&self) -> ListeningSockets {
+        ListeningSockets {
+            sockets: self.listeners.clone(),
+        }
     }
 
     /// One handle per loop, in loop order (one for a one-shot pool).
@@ -289,19 +403,19 @@ impl<S: 'static> Server<S> {
 
     /// Something that stops the whole server from any thread.
     pub fn stopper(&self) -> Stopper {
-        let mut stops: Vec<Arc<dyn Fn() + Send + Sync>> = Vec::new();
+        let mut stops: Vec<Arc<dyn Fn(StopKind) + Send + Sync>> = Vec::new();
         // The acceptor first, so no connection is handed to a stopping loop.
         if let Some((acceptor, _)) = &self.acceptor {
             let acceptor = acceptor.clone();
-            stops.push(Arc::new(move || {
-                let _ = acceptor.stop();
+            stops.push(Arc::new(move |kind| {
+                let _ = send_stop(&acceptor, kind);
             }));
         }
         for handle in &self.handles {
             let handle = handle.clone();
-            stops.push(Arc::new(move || {
+            stops.push(Arc::new(move |kind| {
                 // A loop that already stopped needs nothing more.
-                let _ = handle.stop();
+                let _ = send_stop(&handle, kind);
             }));
         }
         Stopper { stops }
@@ -324,6 +438,13 @@ impl<S: 'static> Server<S> {
             }
         }
         result
+    }
+}
+
+fn send_stop<S>(handle: &LoopHandle<S>, kind: StopKind) -> Result<(), Error> {
+    match kind {
+        StopKind::Drain => handle.stop(),
+        StopKind::HandOver => handle.hand_over(),
     }
 }
 

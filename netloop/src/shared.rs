@@ -70,6 +70,8 @@ pub(crate) struct SharedSlab<S> {
     /// next worker to free a slot re-arms it.
     listener_waits_for_slot: AtomicBool,
     stopping: AtomicBool,
+    /// The stop hands the listeners over to another process.
+    handing_over: AtomicBool,
     /// Readable (level-triggered, never drained) once the pool has stopped
     /// and emptied, so that every worker wakes and exits.
     stopped: EventFd,
@@ -100,6 +102,7 @@ impl<S> SharedSlab<S> {
             open: AtomicUsize::new(0),
             listener_waits_for_slot: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             stopped: EventFd::new()?,
         })
     }
@@ -125,9 +128,15 @@ impl<S> SharedSlab<S> {
         self.len() >= self.entries.len()
     }
 
-    pub(crate) fn begin_stop(&self) {
+    pub(crate) fn begin_stop(&self, handing_over: bool) {
+        // Before `stopping`, so a worker that sees the stop sees its kind.
+        self.handing_over.store(handing_over, Ordering::Release);
         self.stopping.store(true, Ordering::Release);
         self.signal_if_stopped();
+    }
+
+    pub(crate) fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_stopping(&self) -> bool {

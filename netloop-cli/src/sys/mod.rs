@@ -1,8 +1,9 @@
 //! The few system calls the command makes outside the event core:
-//! termination signals through a signalfd, the open-files limit, the clock
+//! termination and upgrade signals through a signalfd, the environment, the open-files limit, the clock
 //! tick rate. Every `unsafe` block of the command lives under this module,
 //! each with a `// SAFETY:` line saying why the call is sound.
 
+pub mod env;
 pub mod rlimit;
 pub mod signal;
 

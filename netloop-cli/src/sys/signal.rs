@@ -78,3 +78,24 @@ impl AsRawFd for SignalFd {
 pub const SIGINT: libc::c_int = libc::SIGINT;
 /// SIGTERM, as a number for [`SignalFd::block`].
 pub const SIGTERM: libc::c_int = libc::SIGTERM;
+/// SIGUSR2 (a live upgrade), as a number for [`SignalFd::block`].
+pub const SIGUSR2: libc::c_int = libc::SIGUSR2;
+
+impl SignalFd {
+    /// Waits up to `timeout` for one of the signals; `None` if none came.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<libc::c_int>> {
+        let mut poll = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `poll` is one valid pollfd for the duration of the call.
+        match cvt(unsafe { libc::poll(&mut poll, 1, millis) }) {
+            Ok(0) => Ok(None),
+            Ok(_) => self.wait().map(Some),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

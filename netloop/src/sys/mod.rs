@@ -4,7 +4,9 @@
 
 pub(crate) mod epoll;
 pub(crate) mod eventfd;
+pub(crate) mod inherit;
 pub(crate) mod socket;
+pub(crate) mod spawn;
 
 use std::io;
 
