@@ -10,8 +10,8 @@ use clap::{Args, ValueEnum};
 use netloop::server::{Dispatch, ListeningSockets, Mode, Server, ServerConfig, Stopper};
 use netloop::{Config, Handler, PoolFullPolicy, Stats, Trigger};
 
-use crate::sys::rlimit;
 use crate::sys::env;
+use crate::sys::rlimit;
 use crate::sys::signal::{SIGINT, SIGTERM, SIGUSR2, SignalFd};
 use crate::upgrade::{Outcome, Upgrader};
 

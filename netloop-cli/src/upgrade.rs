@@ -182,10 +182,19 @@ impl Upgrader {
             }
             match signals.wait_timeout(Duration::ZERO) {
                 Ok(Some(SIGUSR2)) => {
-                    tracing::warn!(pid, new_pid, "SIGUSR2 ignored: an upgrade is already under way");
+                    tracing::warn!(
+                        pid,
+                        new_pid,
+                        "SIGUSR2 ignored: an upgrade is already under way"
+                    );
                 }
                 Ok(Some(signal @ (SIGINT | SIGTERM))) => {
-                    tracing::warn!(pid, new_pid, signal, "stop signal during an upgrade: killed the new process");
+                    tracing::warn!(
+                        pid,
+                        new_pid,
+                        signal,
+                        "stop signal during an upgrade: killed the new process"
+                    );
                     stop_child(child);
                     return Outcome::Stop(signal);
                 }

@@ -105,7 +105,6 @@ struct Family {
     /// Processes that handed over, oldest first (the first is `first`).
     old: Vec<u32>,
     addrs: Vec<SocketAddr>,
-    stdout: Lines,
     stderr: Lines,
 }
 
@@ -134,7 +133,10 @@ impl Family {
                     stderr.lock().unwrap().join("\n")
                 );
             }
-            assert!(Instant::now() < deadline, "netloop did not print its addresses");
+            assert!(
+                Instant::now() < deadline,
+                "netloop did not print its addresses"
+            );
             thread::sleep(Duration::from_millis(5));
         }
         let addrs = stdout.lock().unwrap()[..listeners]
@@ -151,7 +153,6 @@ impl Family {
             first,
             old: Vec::new(),
             addrs,
-            stdout,
             stderr,
         }
     }
@@ -191,7 +192,11 @@ impl Family {
             } else {
                 wait_exit(old)
             };
-            assert!(status.success(), "old process {old}: {status}\n{}", self.log());
+            assert!(
+                status.success(),
+                "old process {old}: {status}\n{}",
+                self.log()
+            );
         }
         signal(self.pid, Signal::TERM);
         let status = if self.old.is_empty() {
@@ -200,11 +205,6 @@ impl Family {
             wait_exit(self.pid)
         };
         assert!(status.success(), "last process {}: {status}", self.pid);
-        assert!(
-            !self.log().contains("upgrade failed"),
-            "an upgrade failed:\n{}",
-            self.log()
-        );
     }
 
     fn log(&self) -> String {
@@ -388,7 +388,13 @@ fn upgrades_under_load(server: &[&str], workload: &str, proto: Proto, upgrades: 
     let short = churn.finish();
     assert!(messages(&report) > 0 && short > 0, "{report}; {short}");
     pids.dedup();
-    assert_eq!(pids.len(), upgrades + 1, "every upgrade started a new process");
+    assert_eq!(
+        pids.len(),
+        upgrades + 1,
+        "every upgrade started a new process"
+    );
+    let log = family.log();
+    assert!(!log.contains("upgrade failed"), "an upgrade failed:\n{log}");
     family.stop_all();
 }
 
@@ -425,7 +431,12 @@ fn every_mode_goes_through_an_upgrade() {
 fn proxy_goes_through_an_upgrade() {
     let upstream = Family::start(Path::new(exe()), &["echo", "--addr", "127.0.0.1:0"]);
     let target = upstream.addr().to_string();
-    upgrades_under_load(&["proxy", "--upstream", &target, "--threads", "2"], "echo", Proto::Echo, 2);
+    upgrades_under_load(
+        &["proxy", "--upstream", &target, "--threads", "2"],
+        "echo",
+        Proto::Echo,
+        2,
+    );
     upstream.stop_all();
 }
 
@@ -440,10 +451,8 @@ struct Installed {
 
 impl Installed {
     fn new(name: &str) -> Self {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "upgrade-{name}-{}",
-            std::process::id()
-        ));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("upgrade-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("netloop");
@@ -522,7 +531,11 @@ fn failed_upgrades_leave_the_old_process_serving() {
     let line = family.wait_log(from, "the new process exited before it was ready");
     assert!(line.contains("exit status: 1"), "{line}");
     still_serves(&family, &mut client);
-    assert_eq!(children_of(family.pid), Vec::<u32>::new(), "the failed child was reaped");
+    assert_eq!(
+        children_of(family.pid),
+        Vec::<u32>::new(),
+        "the failed child was reaped"
+    );
 
     // A new binary that never becomes ready; a second SIGUSR2 meanwhile.
     installed.replace_with_script("#!/bin/sh\nexec sleep 30\n");
@@ -533,7 +546,11 @@ fn failed_upgrades_leave_the_old_process_serving() {
     family.wait_log(from, "SIGUSR2 ignored: an upgrade is already under way");
     family.wait_log(from, "the new process was not ready in time");
     still_serves(&family, &mut client);
-    assert_eq!(children_of(family.pid), Vec::<u32>::new(), "the killed child was reaped");
+    assert_eq!(
+        children_of(family.pid),
+        Vec::<u32>::new(),
+        "the killed child was reaped"
+    );
 
     // The real binary again: the upgrade goes through.
     installed.restore();
@@ -568,9 +585,14 @@ fn systemd_socket_activate(listeners: usize) {
         command.arg(format!("--listen=127.0.0.1:{port}"));
     }
     let names: Vec<String> = (0..listeners).map(|i| format!("sock{i}")).collect();
-    command
-        .arg(format!("--fdname={}", names.join(":")))
-        .args(["-E", "NO_COLOR=1", exe(), "echo", "--addr", "192.0.2.1:9"]);
+    command.arg(format!("--fdname={}", names.join(":"))).args([
+        "-E",
+        "NO_COLOR=1",
+        exe(),
+        "echo",
+        "--addr",
+        "192.0.2.1:9",
+    ]);
     become_subreaper();
     let mut child = command
         .env("NO_COLOR", "1")
@@ -585,7 +607,10 @@ fn systemd_socket_activate(listeners: usize) {
         l.contains(&format!("127.0.0.1:{}", ports[listeners - 1]))
     });
     let first: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
-    Proto::Echo.exchange(first, 1).expect("the connection that started it");
+    Proto::Echo
+        .exchange(first, 1)
+        .expect("the connection that started it");
+    wait_line(&stdout, listeners - 1, "the last address", |_| true);
     let printed: Vec<String> = stdout.lock().unwrap().clone();
     let expected: Vec<String> = ports
         .iter()
@@ -632,7 +657,11 @@ fn activation_by_the_library_serves_every_backlog_in_every_mode() {
         for index in 0..3 {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
             socket.set_reuse_port(true).unwrap();
-            let addr = if index < 2 { group_addr } else { "127.0.0.1:0".parse().unwrap() };
+            let addr = if index < 2 {
+                group_addr
+            } else {
+                "127.0.0.1:0".parse().unwrap()
+            };
             socket.bind(&addr.into()).unwrap();
             socket.listen(128).unwrap();
             let listener: TcpListener = socket.into();
@@ -646,7 +675,9 @@ fn activation_by_the_library_serves_every_backlog_in_every_mode() {
             .map(|i| {
                 let addr = if i % 3 == 0 { other } else { group_addr };
                 let mut stream = TcpStream::connect(addr).unwrap();
-                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
                 let message = vec![b'a' + i % 26; 64];
                 stream.write_all(&message).unwrap();
                 (stream, message)
@@ -683,7 +714,9 @@ fn activation_variables_for_another_pid_are_ignored() {
         .env("LISTEN_PID", "1")
         .env("LISTEN_FDS", "1");
     let family = Family::start_with(&mut command, 1);
-    Proto::Echo.exchange(family.addr(), 1).expect("served on --addr");
+    Proto::Echo
+        .exchange(family.addr(), 1)
+        .expect("served on --addr");
     family.stop_all();
 }
 
@@ -693,8 +726,8 @@ fn activation_variables_for_another_pid_are_ignored() {
 fn activation_refuses_a_socket_it_cannot_serve() {
     become_subreaper();
     let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
-    let stderr = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("refuse-{}.err", std::process::id()));
+    let stderr =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("refuse-{}.err", std::process::id()));
     // A shell sends the server's stderr to a file and execs it (same pid,
     // so LISTEN_PID still names it).
     let shell: Vec<OsString> = vec![
@@ -703,20 +736,24 @@ fn activation_refuses_a_socket_it_cannot_serve() {
         format!("exec \"$0\" echo 2>{}", stderr.display()).into(),
         OsString::from(exe()),
     ];
-    let child = activation::spawn("/bin/sh".as_ref(), &shell, &[("dns", udp.as_fd())], &[])
-        .expect("spawn");
+    let child =
+        activation::spawn("/bin/sh".as_ref(), &shell, &[("dns", udp.as_fd())], &[]).expect("spawn");
     let status = child.wait().expect("wait");
     let log = std::fs::read_to_string(&stderr).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr);
     assert!(!status.success(), "{log}");
-    assert!(log.contains("descriptor 3 is not a TCP stream socket"), "{log}");
+    assert!(
+        log.contains("descriptor 3 is not a TCP stream socket"),
+        "{log}"
+    );
 }
 
 /// Under systemd (Type=notify) the server says READY=1 once it listens,
 /// and an upgrade tells systemd the new main pid.
 #[test]
 fn notify_socket_gets_ready_and_the_new_main_pid() {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("notify-{}", std::process::id()));
+    let path =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("notify-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let systemd = UnixDatagram::bind(&path).expect("bind notify socket");
     systemd
@@ -731,7 +768,10 @@ fn notify_socket_gets_ready_and_the_new_main_pid() {
     let n = systemd.recv(&mut message).expect("READY=1");
     let ready = String::from_utf8_lossy(&message[..n]).to_string();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
-    assert!(ready.contains(&format!("MAINPID={}", family.pid)), "{ready}");
+    assert!(
+        ready.contains(&format!("MAINPID={}", family.pid)),
+        "{ready}"
+    );
     let new_pid = family.upgrade();
     let n = systemd.recv(&mut message).expect("MAINPID=");
     assert_eq!(
@@ -741,7 +781,10 @@ fn notify_socket_gets_ready_and_the_new_main_pid() {
     // The new process passes systemd's socket on: its own upgrade reports too.
     let newer = family.upgrade();
     let n = systemd.recv(&mut message).expect("MAINPID=");
-    assert_eq!(String::from_utf8_lossy(&message[..n]), format!("MAINPID={newer}"));
+    assert_eq!(
+        String::from_utf8_lossy(&message[..n]),
+        format!("MAINPID={newer}")
+    );
     family.stop_all();
     let _ = std::fs::remove_file(&path);
 }

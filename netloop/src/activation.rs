@@ -141,13 +141,15 @@ pub fn listen_fds() -> Result<Option<Vec<ActivatedListener>>, ActivationError> {
 fn variable(name: &'static str) -> Result<Option<String>, ActivationError> {
     match std::env::var_os(name) {
         None => Ok(None),
-        Some(value) => value
-            .into_string()
-            .map(Some)
-            .map_err(|value| ActivationError::BadVariable {
-                name,
-                value: value.to_string_lossy().into_owned(),
-            }),
+        Some(value) => {
+            value
+                .into_string()
+                .map(Some)
+                .map_err(|value| ActivationError::BadVariable {
+                    name,
+                    value: value.to_string_lossy().into_owned(),
+                })
+        }
     }
 }
 

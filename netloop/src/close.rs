@@ -109,6 +109,7 @@ impl<S> Core<S> {
             return;
         }
         self.stopping = true;
+        self.handing_over = kind == StopKind::HandOver;
         self.close_listeners(kind);
         let deadline = self.clock.after(self.config.stop_timeout);
         self.timers.insert(deadline, TimerKind::StopDeadline);
@@ -118,7 +119,7 @@ impl<S> Core<S> {
             slab.begin_stop(kind == StopKind::HandOver);
         }
         for id in self.conns.acquire_all() {
-            self.stop_conn(id, kind);
+            self.stop_conn(id);
         }
     }
 
@@ -142,8 +143,24 @@ impl<S> Core<S> {
         false
     }
 
-    fn stop_conn(&mut self, id: ConnId, kind: StopKind) {
-        if kind == StopKind::HandOver || self.config.stop_style == StopStyle::LetFinish {
+    /// Whether the stop under way leaves connections to end on their own.
+    fn lets_finish(&self) -> bool {
+        self.handing_over || self.config.stop_style == StopStyle::LetFinish
+    }
+
+    /// The phase of an outbound connection whose connect completes now: a
+    /// stop that lets connections finish serves it as any other (a relay's
+    /// upstream that connects just after the stop began).
+    pub(crate) fn connected_phase(&self) -> Phase {
+        if self.stopping && !self.lets_finish() {
+            Phase::Stopping
+        } else {
+            Phase::Open
+        }
+    }
+
+    fn stop_conn(&mut self, id: ConnId) {
+        if self.lets_finish() {
             // Left to end on its own, or at the stop deadline.
             return;
         }

@@ -61,6 +61,8 @@ pub(crate) struct Core<S> {
     pub(crate) clock: Clock,
     pub(crate) occupants: Arc<Occupants>,
     pub(crate) stopping: bool,
+    /// The stop under way hands the listeners to another process.
+    pub(crate) handing_over: bool,
 }
 
 impl<S> Core<S> {
@@ -89,6 +91,7 @@ impl<S> Core<S> {
             clock: Clock::starting_at(parts_origin),
             occupants,
             stopping: false,
+            handing_over: false,
             config,
         }
     }

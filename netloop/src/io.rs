@@ -223,6 +223,7 @@ impl<H: Handler> EventLoop<H> {
     /// Completes an outbound connect on its first readiness event; returns
     /// whether the connection is up and the event should be dispatched.
     pub(crate) fn finish_connect(&mut self, id: ConnId, bits: u32) -> bool {
+        let connected_phase = self.core.connected_phase();
         let Some(conn) = self.core.conns.get_mut(id) else {
             return false;
         };
@@ -240,11 +241,7 @@ impl<H: Handler> EventLoop<H> {
             return false;
         }
         if let Phase::Connecting { timeout } = conn.phase {
-            conn.phase = if self.core.stopping {
-                Phase::Stopping
-            } else {
-                Phase::Open
-            };
+            conn.phase = connected_phase;
             self.core.timers.cancel(timeout);
         }
         self.core.stats.connected += 1;

@@ -205,8 +205,10 @@ impl<S: Default + Send + 'static> Server<S> {
     {
         let sockets = match config.mode {
             Mode::ReusePort => bind_reuseport(addr, config.threads.max(1))?,
-            _ => vec![socket::listen(addr, ListenOptions::default())
-                .map_err(|source| Error::Listen { addr, source })?],
+            _ => vec![
+                socket::listen(addr, ListenOptions::default())
+                    .map_err(|source| Error::Listen { addr, source })?,
+            ],
         };
         Self::start_on(sockets, config, make_handler)
     }
@@ -247,8 +249,13 @@ impl<S: Default + Send + 'static> Server<S> {
         let threads = config.threads.max(1);
         let (handles, acceptor, loops) = match config.mode {
             Mode::OneShot => {
-                let workers =
-                    spawn_workers(listeners, threads, &config.loop_config, make_handler, &health)?;
+                let workers = spawn_workers(
+                    listeners,
+                    threads,
+                    &config.loop_config,
+                    make_handler,
+                    &health,
+                )?;
                 (vec![workers.handle], None, workers.threads)
             }
             _ => start_loops(listeners, &config, make_handler, &health)?,
@@ -276,8 +283,10 @@ fn bind_reuseport(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, Er
     let mut bind_addr = addr;
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
-        let socket = socket::listen(bind_addr, options)
-            .map_err(|source| Error::Listen { addr: bind_addr, source })?;
+        let socket = socket::listen(bind_addr, options).map_err(|source| Error::Listen {
+            addr: bind_addr,
+            source,
+        })?;
         bind_addr = socket.local_addr()?;
         sockets.push(socket);
     }

@@ -43,7 +43,10 @@ macro_rules! in_every_mode {
     )*};
 }
 
-in_every_mode!(every_passed_socket_and_its_backlog_is_served, hand_over_keeps_every_connection);
+in_every_mode!(
+    every_passed_socket_and_its_backlog_is_served,
+    hand_over_keeps_every_connection
+);
 
 fn config(mode: Mode) -> ServerConfig {
     ServerConfig {
@@ -96,7 +99,10 @@ fn every_passed_socket_and_its_backlog_is_served(mode: Mode) {
     let server = Server::start_on(sockets, config(mode), |_| Echo).unwrap();
     assert_eq!(server.local_addrs(), vec![addr]);
     for (index, (stream, message)) in clients.iter_mut().enumerate() {
-        assert!(echoed(stream, message), "{mode:?}: client {index} was not served");
+        assert!(
+            echoed(stream, message),
+            "{mode:?}: client {index} was not served"
+        );
     }
     drop(clients);
     server.stopper().stop();
@@ -129,11 +135,17 @@ fn hand_over_keeps_every_connection(mode: Mode) {
     }
     let mut after: Vec<TcpStream> = (0..8).map(|_| client(addr, b"after")).collect();
     for stream in &mut after {
-        assert!(echoed(stream, b"after"), "{mode:?}: a new connection after the hand-over");
+        assert!(
+            echoed(stream, b"after"),
+            "{mode:?}: a new connection after the hand-over"
+        );
     }
     for stream in &mut before {
         stream.write_all(b"still here").unwrap();
-        assert!(echoed(stream, b"still here"), "{mode:?}: an old connection after the hand-over");
+        assert!(
+            echoed(stream, b"still here"),
+            "{mode:?}: an old connection after the hand-over"
+        );
     }
     drop(before);
     let old_stats = old.join().unwrap();
@@ -142,5 +154,9 @@ fn hand_over_keeps_every_connection(mode: Mode) {
     drop(after);
     new.stopper().stop();
     let new_stats = new.join().unwrap();
-    assert_eq!(new_stats.iter().map(|s| s.accepted).sum::<u64>(), 8, "{mode:?}");
+    assert_eq!(
+        new_stats.iter().map(|s| s.accepted).sum::<u64>(),
+        8,
+        "{mode:?}"
+    );
 }

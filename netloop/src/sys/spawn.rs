@@ -151,7 +151,11 @@ pub(crate) fn spawn(
         // SAFETY: in the child; see above. The mask was blocked for the
         // parent's signalfd and would otherwise be inherited across exec.
         unsafe {
-            libc::sigprocmask(libc::SIG_SETMASK, &prepared.empty_mask, std::ptr::null_mut());
+            libc::sigprocmask(
+                libc::SIG_SETMASK,
+                &prepared.empty_mask,
+                std::ptr::null_mut(),
+            );
             write_decimal(libc::getpid() as u32, slot);
             for (i, fd) in prepared.fds.iter().enumerate() {
                 // dup2 clears close-on-exec on the new descriptor. The
