@@ -51,7 +51,7 @@ fn wait_exit(raw: u32) -> ExitStatus {
     let deadline = Instant::now() + LIMIT;
     loop {
         match rustix::process::waitpid(Some(pid(raw)), WaitOptions::NOHANG) {
-            Ok(Some((_, status))) => return ExitStatus::from_raw(status.as_raw() as i32),
+            Ok(Some((_, status))) => return ExitStatus::from_raw(status.as_raw()),
             // Still running, or still its old parent's child.
             Ok(None) | Err(rustix::io::Errno::CHILD) => {}
             Err(e) => panic!("waitpid {raw}: {e}"),
