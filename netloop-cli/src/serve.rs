@@ -336,6 +336,7 @@ where
         total.merge(stats);
     }
     tracing::info!(
+        pid = std::process::id(),
         accepted = total.accepted,
         closed = total.closed_total(),
         stale_events = total.stale_events,

@@ -113,13 +113,13 @@ impl Upgrader {
         };
         drop(sockets);
         let new_pid = child.id();
-        tracing::info!(pid, new_pid, exe = %self.exe.display(), "upgrade: started the new process; waiting for READY=1");
+        tracing::info!(pid, new_pid, exe = %self.exe.display(), "started the new process; waiting for READY=1");
         let outcome = self.wait_ready(&child, &ready, signals);
         if let Outcome::Ready(_) = outcome {
             tracing::info!(
                 pid,
                 new_pid,
-                "upgrade: the new process is ready; this one stops accepting and lets its connections finish"
+                "the new process is ready; this one stops accepting and lets its connections finish"
             );
             if let Some(systemd) = &self.systemd
                 && let Err(e) = notify::notify_to(systemd, &format!("MAINPID={new_pid}"))
