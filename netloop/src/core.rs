@@ -3,7 +3,7 @@
 //! by id that every path (the handler's own connection, another connection,
 //! a command from another thread) goes through.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -393,7 +393,12 @@ impl<S> Core<S> {
     }
 
     /// Starts an outbound connection with its initial state.
-    pub(crate) fn connect(&mut self, addr: SocketAddr, state: S) -> Result<ConnId, Error> {
+    pub(crate) fn connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        state: S,
+    ) -> Result<ConnId, Error> {
         if self.stopping {
             // A stop must finish: nothing new may start once it has begun.
             return Err(Error::LoopStopped);
@@ -401,7 +406,7 @@ impl<S> Core<S> {
         if self.conns.is_full() {
             return Err(Error::PoolFull);
         }
-        let fd = socket::connect(addr)?;
+        let fd = socket::connect(addr, source)?;
         let water = self.default_water_marks();
         let mut conn = Connection::new(
             fd,

@@ -5,6 +5,7 @@
 
 pub mod rlimit;
 pub mod signal;
+pub mod timer_slack;
 
 use std::io;
 
