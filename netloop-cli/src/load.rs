@@ -82,8 +82,9 @@ pub struct LoadArgs {
     /// Open loop: total requests per second on a fixed schedule.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Connections opened besides `--conns` that send nothing: held open
-    /// for the whole run (a crowd of idle clients).
+    /// Connections opened besides `--conns` that make one exchange when
+    /// they open and then stay silent, held open for the whole run (a crowd
+    /// of idle clients).
     #[arg(long, default_value_t = 0)]
     pub idle_conns: usize,
     /// Local addresses to connect from, in turn: `127.0.0.2-127.0.0.9`, or a
@@ -448,7 +449,7 @@ enum Phase {
 #[derive(Default)]
 pub struct ClientConn {
     number: usize,
-    /// One of the `--idle-conns`: never sends.
+    /// One of the `--idle-conns`: sends one request at open, then nothing.
     idle: bool,
     /// Still connecting (counted in the dialer's in-flight connects).
     connected: bool,
@@ -595,6 +596,12 @@ impl<W: Workload> Handler for Client<W> {
         self.dialer.opened += 1;
         dial_from_ctx(self, conn);
         if conn.state().idle {
+            // One exchange, as a client that said hello and went quiet: the
+            // server has touched its buffers for this connection once.
+            let number = conn.state().number;
+            self.request.clear();
+            self.workload.request(number, 0, &mut self.request);
+            conn.write(&self.request);
             return;
         }
         match self.phase {
@@ -608,7 +615,7 @@ impl<W: Workload> Handler for Client<W> {
 
     fn on_data(&mut self, conn: &mut Conn<'_, ClientConn>) {
         if conn.state().idle {
-            // An idle client never asked: whatever arrives is dropped.
+            // The answer to its one request (unchecked), or nothing asked for.
             let len = conn.input().len();
             conn.consume(len);
             return;
