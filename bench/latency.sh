@@ -91,12 +91,14 @@ run_one() {
   json=$(tail -1 "$tmp/client.out")
   [ -n "$json" ] || json="{\"failed\": \"$(tail -1 "$tmp/client.err" | tr -d '"\\')\"}"
   printf '%s,%s,%s,%s,%s,%s,%s,%s\n' "$kind" "$round" "$group" "$server" "$fraction" "$rate" \
-    "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$json")" \
+    "$(python3 -c 'import csv,sys; csv.writer(sys.stdout, lineterminator="").writerow([sys.argv[1]])' "$json")" \
     "$(awk -v t=$((after - before)) -v hz="$HZ" 'BEGIN{print t/hz}')" >>"$runs"
   python3 -c '
 import json, sys
 j = json.loads(sys.argv[1]); l = j.get("latency_us", {}); s = j.get("lateness_us", {})
-print(f"[latency] {sys.argv[2]:5s} {sys.argv[3]:13s} {j.get(\"msgs_per_s\", 0):>10,.0f}/s  p50 {l.get(\"p50\")}  p99 {l.get(\"p99\")}  p99.9 {l.get(\"p999\")}  own lateness p99 {s.get(\"p99\")}  errors {j.get(\"errors\")}", file=sys.stderr)
+print("[latency] %-5s %-13s %10.0f/s  p50 %s  p99 %s  p99.9 %s  own lateness p99 %s  errors %s" % (
+    sys.argv[2], sys.argv[3], j.get("msgs_per_s", 0), l.get("p50"), l.get("p99"), l.get("p999"), s.get("p99"), j.get("errors")),
+    file=sys.stderr)
 ' "$json" "$kind" "$server" || log "$server: $json"
 }
 
@@ -115,7 +117,7 @@ rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["kind"] == "peak"]
 by = {}
 for r in rows:
     try:
-        by.setdefault((r["group"], r["server"]), []).append(json.loads(json.loads(r["json"]))["msgs_per_s"])
+        by.setdefault((r["group"], r["server"]), []).append(json.loads(r["json"])["msgs_per_s"])
     except Exception:
         pass
 groups = {}
@@ -148,7 +150,7 @@ runs, out, rounds, duration, peak_duration = sys.argv[1:6]
 rows = list(csv.DictReader(open(runs)))
 for r in rows:
     try:
-        r["j"] = json.loads(json.loads(r["json"]))
+        r["j"] = json.loads(r["json"])
     except Exception:
         r["j"] = {}
 def ok(r):

@@ -5,7 +5,8 @@
 # The sourcing script sets: bench, tmp, NETLOOP (a private copy of the
 # binary), PEERS (bench/target/release), NGINX, and optionally
 # SERVER_EXTRA_ARGS (extra netloop server flags) and NGINX_CONNS
-# (worker_connections for nginx; default 20000 as in the template).
+# (worker_connections for nginx; default 20000 as in the template). nginx
+# takes its open-files limit from the caller.
 
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -46,9 +47,6 @@ start_server() {
       sed -e "s|@PREFIX@|$tmp/nginx|g" -e "s|@PORT@|$port|g" \
         -e "s|worker_connections 20000;|worker_connections ${NGINX_CONNS:-20000};|" \
         "$bench/peers/nginx.conf.template" >"$tmp/nginx/nginx.conf"
-      if [ "${NGINX_CONNS:-20000}" -gt 20000 ]; then
-        sed -i "s|^worker_processes 1;|worker_processes 1;\nworker_rlimit_nofile $((NGINX_CONNS + 100));|" "$tmp/nginx/nginx.conf"
-      fi
       taskset -c "$SERVER_CPU" "$NGINX" -p "$tmp/nginx" -e stderr -c "$tmp/nginx/nginx.conf" >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     redis-server)
       port=$(free_port)
