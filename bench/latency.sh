@@ -224,7 +224,8 @@ for g, f, s, ratio, a, b in verdicts:
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
-if [ -n "${NOTES_FILE:-}" ] && [ -f "$NOTES_FILE" ]; then
+NOTES_FILE=${NOTES_FILE:-$bench/latency-notes.md}
+if [ -f "$NOTES_FILE" ]; then
   { echo; cat "$NOTES_FILE"; } >>"$tmp/section.md"
 fi
 replace_section "$bench/RESULTS.md" latency.sh "$tmp/section.md"

@@ -343,7 +343,8 @@ if arm_ratio is not None:
 open(out, "w").write("\n".join(L) + "\n")
 print("\n".join(L))
 PY
-if [ -n "${NOTES_FILE:-}" ] && [ -f "$NOTES_FILE" ]; then
+NOTES_FILE=${NOTES_FILE:-$bench/scale-notes.md}
+if [ -f "$NOTES_FILE" ]; then
   { echo; cat "$NOTES_FILE"; } >>"$tmp/section.md"
 fi
 replace_section "$bench/RESULTS.md" scale.sh "$tmp/section.md"

@@ -344,12 +344,7 @@ impl<S> Core<S> {
         let Some(idle) = self.config.idle_timeout else {
             return;
         };
-        let timer = self
-            .timers
-            .insert(self.clock.after(idle), TimerKind::Idle(id));
-        if let Some(conn) = self.conns.get_mut(id) {
-            conn.idle_timer = Some(timer);
-        }
+        self.timers.insert_idle(self.clock.after(idle), id);
     }
 
     /// Output is waiting for the kernel: make sure the send timeout watches
