@@ -113,6 +113,8 @@ fn run_one(args: &BenchArgs, kind: Kind, depth: usize) -> Result<Row, ServeError
         duration: args.duration,
         threads: args.client_threads,
         rate: None,
+        idle_conns: 0,
+        sources: None,
         json: false,
     };
     let http_limits = HttpLimits::default();

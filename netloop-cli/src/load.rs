@@ -7,10 +7,21 @@
 //! send time on a fixed schedule and its latency is measured from that time,
 //! so a stalled server is charged for the requests it delayed (no
 //! coordinated omission). Every response is checked against its request.
+//!
+//! Every connection is opened before the measurement starts (at most
+//! [`MAX_CONNECTING`] connects in flight, so a large `--conns` or
+//! `--idle-conns` does not overflow the server's accept queue), from the
+//! `--sources` addresses in turn when given. The open-loop schedule runs on
+//! the loop's timers, which wait with `epoll_pwait2` to the nanosecond and a
+//! 1 ns timer slack; the report gives the client's own lateness (actual
+//! against intended send time), so a reader can see it is well below the
+//! latencies reported.
+
+mod sources;
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -22,6 +33,19 @@ use netloop::{CloseReason, Config, Conn, ConnId, Ctx, EventLoop, Handler, TimerI
 use netloop_servers::codec::push_u64;
 
 use crate::serve::ServeError;
+use crate::sys::timer_slack::set_minimal_timer_slack;
+pub use sources::{Sources, parse_sources};
+
+/// Connects in flight at once while opening.
+const MAX_CONNECTING: usize = 256;
+/// How long opening every connection may take.
+const OPEN_LIMIT: Duration = Duration::from_secs(120);
+/// Timer data: send what is due (open loop).
+const SEND_DUE: u64 = 0;
+/// Timer data: an active connection waiting for the others to open.
+const START: u64 = 1;
+/// How often a waiting active connection looks whether the run started.
+const START_POLL: Duration = Duration::from_millis(5);
 
 /// `netloop load` subcommands.
 #[derive(Subcommand, Debug)]
@@ -58,6 +82,16 @@ pub struct LoadArgs {
     /// Open loop: total requests per second on a fixed schedule.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Connections opened besides `--conns` that make one exchange when
+    /// they open and then stay silent, held open for the whole run (a crowd
+    /// of idle clients).
+    #[arg(long, default_value_t = 0)]
+    pub idle_conns: usize,
+    /// Local addresses to connect from, in turn: `127.0.0.2-127.0.0.9`, or a
+    /// comma-separated list (127.0.0.0/8 only). Each gives about 28,000
+    /// ports towards one server port.
+    #[arg(long, value_parser = parse_sources)]
+    pub sources: Option<Sources>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +122,16 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Latency in nanoseconds.
     pub latency: Histogram<u64>,
+    /// Open loop: how late the client itself sent each request (actual
+    /// against intended send time), in nanoseconds.
+    pub lateness: Histogram<u64>,
+    /// Open loop: time between consecutive sends on one connection, in
+    /// nanoseconds (bunched sends show as near-zero gaps).
+    pub send_gap: Histogram<u64>,
+    /// Connections opened (active and idle).
+    pub opened: u64,
+    /// Time to open every connection, before the measurement began.
+    pub open_time: Duration,
 }
 
 impl LoadReport {
@@ -99,6 +143,10 @@ impl LoadReport {
             errors: 0,
             elapsed: Duration::ZERO,
             latency: new_histogram(),
+            lateness: new_histogram(),
+            send_gap: new_histogram(),
+            opened: 0,
+            open_time: Duration::ZERO,
         }
     }
 
@@ -167,18 +215,19 @@ pub fn run_load<W: Workload + Clone>(
     let progress = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let duration = Duration::from_secs_f64(args.duration.max(0.0));
-    let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let plan = Plan {
                 target: args.target,
                 conns: args.conns / threads + usize::from(t < args.conns % threads),
+                idle_conns: args.idle_conns / threads + usize::from(t < args.idle_conns % threads),
                 first_conn: t * args.conns / threads,
+                sources: args.sources.clone().unwrap_or_default().0,
                 depth: args.depth,
                 interval: args
                     .rate
                     .map(|r| Duration::from_secs_f64(args.conns as f64 / r.max(1e-9))),
-                end: start + duration,
+                duration,
             };
             let progress = Arc::clone(&progress);
             let workload = workload.clone();
@@ -201,11 +250,16 @@ pub fn run_load<W: Workload + Clone>(
                 report.messages += part.messages;
                 report.bytes += part.bytes;
                 report.errors += part.errors;
-                report
-                    .latency
-                    .add(&part.latency)
-                    .map_err(|e| ServeError::Usage(e.to_string()))?;
+                for (sum, add) in [
+                    (&mut report.latency, &part.latency),
+                    (&mut report.lateness, &part.lateness),
+                    (&mut report.send_gap, &part.send_gap),
+                ] {
+                    sum.add(add).map_err(|e| ServeError::Usage(e.to_string()))?;
+                }
                 report.elapsed = report.elapsed.max(part.elapsed);
+                report.opened += part.opened;
+                report.open_time = report.open_time.max(part.open_time);
             }
             Err(e) => outcome = Err(e),
         }
@@ -261,10 +315,12 @@ fn progress_bar(
 struct Plan {
     target: SocketAddr,
     conns: usize,
+    idle_conns: usize,
     first_conn: usize,
+    sources: Vec<IpAddr>,
     depth: usize,
     interval: Option<Duration>,
-    end: Instant,
+    duration: Duration,
 }
 
 /// One client thread: its own loop and connections.
@@ -273,16 +329,24 @@ fn drive<W: Workload>(
     workload: W,
     progress: &AtomicU64,
 ) -> Result<LoadReport, ServeError> {
+    if let Err(e) = set_minimal_timer_slack() {
+        tracing::warn!(error = %e, "timer slack left at the default: sends may run late");
+    }
     let config = Config {
-        max_connections: plan.conns + 1,
+        max_connections: plan.conns + plan.idle_conns + 1,
         ..Config::default()
     };
-    let end = plan.end;
-    let started = Instant::now();
+    let opening = Instant::now();
     let mut event_loop = EventLoop::new(config, Client::new(&plan, workload))?;
-    for _ in 0..plan.conns {
-        event_loop.connect(plan.target, ClientConn::default())?;
+    dial_from_loop(&mut event_loop);
+    let open_by = opening + OPEN_LIMIT;
+    while Instant::now() < open_by && !event_loop.handler().dialer.finished() {
+        event_loop.turn(Some(Duration::from_millis(50)))?;
     }
+    let open_time = opening.elapsed();
+    let started = Instant::now();
+    let end = started + plan.duration;
+    event_loop.handler_mut().phase = Phase::Running;
     let mut reported = 0;
     while Instant::now() < end && event_loop.connection_count() > 0 {
         event_loop.turn(Some(Duration::from_millis(50)))?;
@@ -292,20 +356,103 @@ fn drive<W: Workload>(
     }
     let elapsed = started.elapsed();
     // Stop sending; give what is in flight a moment to come back.
-    event_loop.handler_mut().sending = false;
+    event_loop.handler_mut().phase = Phase::Draining;
     let grace = Instant::now() + Duration::from_secs(2);
     while Instant::now() < grace && event_loop.handler().in_flight > 0 {
         event_loop.turn(Some(Duration::from_millis(10)))?;
     }
     let handler = event_loop.handler_mut();
     handler.report.elapsed = elapsed;
+    handler.report.open_time = open_time;
+    handler.report.opened = handler.dialer.opened;
     Ok(handler.report.clone())
+}
+
+/// Starts connects from outside the handler, up to the in-flight limit.
+fn dial_from_loop<W: Workload>(event_loop: &mut EventLoop<Client<W>>) {
+    while let Some((addr, source, state)) = event_loop.handler_mut().dialer.next() {
+        let started = match source {
+            Some(ip) => event_loop.connect_from(addr, ip, state),
+            None => event_loop.connect(addr, state),
+        };
+        if let Err(e) = started {
+            event_loop.handler_mut().connect_failed(&e);
+        }
+    }
+}
+
+/// Starts connects from a callback, up to the in-flight limit.
+fn dial_from_ctx<W: Workload>(client: &mut Client<W>, ctx: &mut Ctx<'_, ClientConn>) {
+    while let Some((addr, source, state)) = client.dialer.next() {
+        let started = match source {
+            Some(ip) => ctx.connect_from(addr, ip, state),
+            None => ctx.connect(addr, state),
+        };
+        if let Err(e) = started {
+            client.connect_failed(&e);
+        }
+    }
+}
+
+/// Opens the thread's connections, a bounded number at a time, from the
+/// source addresses in turn.
+struct Dialer {
+    target: SocketAddr,
+    sources: Vec<IpAddr>,
+    /// Connections to open in all, active ones first.
+    total: usize,
+    active: usize,
+    first_conn: usize,
+    started: usize,
+    connecting: usize,
+    opened: u64,
+    failed: u64,
+}
+
+impl Dialer {
+    /// The next connect to start, if any may start now.
+    fn next(&mut self) -> Option<(SocketAddr, Option<IpAddr>, ClientConn)> {
+        if self.started >= self.total || self.connecting >= MAX_CONNECTING {
+            return None;
+        }
+        let index = self.started;
+        self.started += 1;
+        self.connecting += 1;
+        let source = (!self.sources.is_empty())
+            .then(|| self.sources[(self.first_conn + index) % self.sources.len()]);
+        let state = ClientConn {
+            number: self.first_conn + index,
+            idle: index >= self.active,
+            ..ClientConn::default()
+        };
+        Some((self.target, source, state))
+    }
+
+    /// Whether every connection has opened or failed.
+    fn finished(&self) -> bool {
+        self.started >= self.total && self.connecting == 0
+    }
+}
+
+/// Where a client thread is in its run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Connections are opening; nothing is sent yet.
+    Opening,
+    /// The measurement: active connections send.
+    Running,
+    /// Time is up: what is in flight may come back, nothing more is sent.
+    Draining,
 }
 
 /// Per-connection state of the load client.
 #[derive(Default)]
 pub struct ClientConn {
     number: usize,
+    /// One of the `--idle-conns`: sends one request at open, then nothing.
+    idle: bool,
+    /// Still connecting (counted in the dialer's in-flight connects).
+    connected: bool,
     /// Requests sent so far (the next request's sequence number).
     sent: u64,
     /// Responses checked so far.
@@ -314,14 +461,16 @@ pub struct ClientConn {
     in_flight: VecDeque<Instant>,
     /// Open loop: the intended time of the next request.
     next_due: Option<Instant>,
+    /// Open loop: when the last request actually went out.
+    last_sent: Option<Instant>,
 }
 
 struct Client<W> {
     workload: W,
     depth: usize,
     interval: Option<Duration>,
-    next_number: usize,
-    sending: bool,
+    dialer: Dialer,
+    phase: Phase,
     in_flight: u64,
     report: LoadReport,
     request: Vec<u8>,
@@ -333,11 +482,41 @@ impl<W: Workload> Client<W> {
             workload,
             depth: plan.depth,
             interval: plan.interval,
-            next_number: plan.first_conn,
-            sending: true,
+            dialer: Dialer {
+                target: plan.target,
+                sources: plan.sources.clone(),
+                total: plan.conns + plan.idle_conns,
+                active: plan.conns,
+                first_conn: plan.first_conn,
+                started: 0,
+                connecting: 0,
+                opened: 0,
+                failed: 0,
+            },
+            phase: Phase::Opening,
             in_flight: 0,
             report: LoadReport::empty(),
             request: Vec::new(),
+        }
+    }
+
+    fn connect_failed(&mut self, error: &netloop::Error) {
+        tracing::error!(%error, "connect failed");
+        self.dialer.connecting -= 1;
+        self.dialer.failed += 1;
+        self.report.errors += 1;
+    }
+
+    /// The run has begun: an active connection starts sending.
+    fn start(&mut self, conn: &mut Conn<'_, ClientConn>) {
+        match self.interval {
+            Some(interval) => self.send_due(conn, interval),
+            None => {
+                let now = conn.now();
+                for _ in 0..self.depth {
+                    self.send(conn, now);
+                }
+            }
         }
     }
 
@@ -356,14 +535,26 @@ impl<W: Workload> Client<W> {
     /// Open loop: sends every request whose intended time has come.
     fn send_due(&mut self, conn: &mut Conn<'_, ClientConn>, interval: Duration) {
         let now = conn.now();
-        while self.sending {
+        while self.phase == Phase::Running {
             let due = conn.state().next_due.unwrap_or(now);
             if due > now {
-                conn.set_timer(due - now, 0);
+                conn.set_timer(due - now, SEND_DUE);
                 return;
             }
             self.send(conn, due);
+            self.record_send_time(conn.state(), due);
             conn.state().next_due = Some(due + interval);
+        }
+    }
+
+    /// Open loop: how late this send is, and how long since the last one.
+    fn record_send_time(&mut self, state: &mut ClientConn, due: Instant) {
+        let actual = Instant::now();
+        let late = actual.saturating_duration_since(due).as_nanos() as u64;
+        let _ = self.report.lateness.record(late.max(1));
+        if let Some(last) = state.last_sent.replace(actual) {
+            let gap = actual.saturating_duration_since(last).as_nanos() as u64;
+            let _ = self.report.send_gap.record(gap.max(1));
         }
     }
 
@@ -400,20 +591,35 @@ impl<W: Workload> Handler for Client<W> {
     type State = ClientConn;
 
     fn on_open(&mut self, conn: &mut Conn<'_, ClientConn>) {
-        conn.state().number = self.next_number;
-        self.next_number += 1;
-        match self.interval {
-            Some(interval) => self.send_due(conn, interval),
-            None => {
-                let now = conn.now();
-                for _ in 0..self.depth {
-                    self.send(conn, now);
-                }
+        conn.state().connected = true;
+        self.dialer.connecting -= 1;
+        self.dialer.opened += 1;
+        dial_from_ctx(self, conn);
+        if conn.state().idle {
+            // One exchange, as a client that said hello and went quiet: the
+            // server has touched its buffers for this connection once.
+            let number = conn.state().number;
+            self.request.clear();
+            self.workload.request(number, 0, &mut self.request);
+            conn.write(&self.request);
+            return;
+        }
+        match self.phase {
+            Phase::Opening => {
+                conn.set_timer(START_POLL, START);
             }
+            Phase::Running => self.start(conn),
+            Phase::Draining => {}
         }
     }
 
     fn on_data(&mut self, conn: &mut Conn<'_, ClientConn>) {
+        if conn.state().idle {
+            // The answer to its one request (unchecked), or nothing asked for.
+            let len = conn.input().len();
+            conn.consume(len);
+            return;
+        }
         let now = conn.now();
         let Some(completed) = self.check(conn, now) else {
             self.report.errors += 1;
@@ -422,27 +628,41 @@ impl<W: Workload> Handler for Client<W> {
         };
         self.report.messages += completed;
         self.in_flight -= completed;
-        if self.sending && self.interval.is_none() {
+        if self.phase == Phase::Running && self.interval.is_none() {
             for _ in 0..completed {
                 self.send(conn, now);
             }
         }
     }
 
-    fn on_timer(&mut self, conn: &mut Conn<'_, ClientConn>, _: TimerId, _: u64) {
-        if let Some(interval) = self.interval {
-            self.send_due(conn, interval);
+    fn on_timer(&mut self, conn: &mut Conn<'_, ClientConn>, _: TimerId, data: u64) {
+        match (data, self.phase) {
+            (START, Phase::Opening) => {
+                conn.set_timer(START_POLL, START);
+            }
+            (START, Phase::Running) => self.start(conn),
+            (_, Phase::Running) => {
+                if let Some(interval) = self.interval {
+                    self.send_due(conn, interval);
+                }
+            }
+            _ => {}
         }
     }
 
     fn on_close(
         &mut self,
-        _: &mut Ctx<'_, ClientConn>,
+        ctx: &mut Ctx<'_, ClientConn>,
         id: ConnId,
         state: ClientConn,
         reason: CloseReason,
     ) {
-        if self.sending {
+        if !state.connected {
+            self.dialer.connecting -= 1;
+            self.dialer.failed += 1;
+            dial_from_ctx(self, ctx);
+        }
+        if self.phase != Phase::Draining {
             tracing::error!(%id, %reason, "connection ended during the run");
             self.report.errors += 1;
         }
@@ -748,6 +968,25 @@ fn print_table(args: &LoadArgs, report: &LoadReport) {
         report.latency_us(0.999),
         report.latency.max() as f64 / 1000.0,
     );
+    if args.rate.is_some() {
+        println!(
+            "  own lateness µs  p50 {:>5.1}  p99 {:>9.1}  max {:>9.1}  (client's send time against the schedule)",
+            quantile_us(&report.lateness, 0.5),
+            quantile_us(&report.lateness, 0.99),
+            report.lateness.max() as f64 / 1000.0,
+        );
+    }
+    if args.idle_conns > 0 || args.conns >= 1000 {
+        println!(
+            "  opened     {:>14}  in {:.2} s",
+            report.opened,
+            report.open_time.as_secs_f64()
+        );
+    }
+}
+
+fn quantile_us(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
 fn report_json(args: &LoadArgs, report: &LoadReport) -> String {
@@ -757,7 +996,10 @@ fn report_json(args: &LoadArgs, report: &LoadReport) -> String {
             "{{\"workload\":\"{}\",\"target\":\"{}\",\"conns\":{},\"depth\":{},",
             "\"threads\":{},\"rate\":{},\"elapsed_s\":{:.3},\"messages\":{},\"msgs_per_s\":{:.1},",
             "\"bytes_per_s\":{:.1},\"errors\":{},\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},",
-            "\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1},\"mean\":{:.1}}}}}"
+            "\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1},\"mean\":{:.1}}},",
+            "\"lateness_us\":{{\"p50\":{:.1},\"p99\":{:.1},\"max\":{:.1}}},",
+            "\"send_gap_us\":{{\"p10\":{:.1},\"p50\":{:.1}}},",
+            "\"idle_conns\":{},\"opened\":{},\"open_s\":{:.3}}}"
         ),
         report.workload,
         args.target,
@@ -776,5 +1018,13 @@ fn report_json(args: &LoadArgs, report: &LoadReport) -> String {
         report.latency_us(0.999),
         report.latency.max() as f64 / 1000.0,
         report.latency.mean() / 1000.0,
+        quantile_us(&report.lateness, 0.5),
+        quantile_us(&report.lateness, 0.99),
+        report.lateness.max() as f64 / 1000.0,
+        quantile_us(&report.send_gap, 0.1),
+        quantile_us(&report.send_gap, 0.5),
+        args.idle_conns,
+        report.opened,
+        report.open_time.as_secs_f64(),
     )
 }

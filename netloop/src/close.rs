@@ -64,8 +64,8 @@ impl<H: Handler> EventLoop<H> {
         // Deleting explicitly matters when the fd was dup'd: close alone
         // would leave the registration alive for the duplicate.
         let _ = self.core.epoll.delete(conn.fd.as_raw_fd());
+        // The idle check is not cancelled: it finds this id stale.
         let timers = [
-            conn.idle_timer.take(),
             conn.send_timer.take(),
             match conn.phase {
                 Phase::Connecting { timeout } => Some(timeout),

@@ -178,7 +178,6 @@ pub(crate) struct Connection<S> {
     /// event that announced the FIN has already been consumed.
     pub(crate) hangup_seen: bool,
     pub(crate) listed: Listed,
-    pub(crate) idle_timer: Option<TimerId>,
     pub(crate) last_active_ns: u64,
     /// The send timeout, armed once a write is refused (re-armed lazily).
     pub(crate) send_timer: Option<TimerId>,
@@ -234,7 +233,6 @@ impl<S> Connection<S> {
             water,
             hangup_seen: false,
             listed: Listed::default(),
-            idle_timer: None,
             last_active_ns: now_ns,
             send_timer: None,
             last_sent_ns: now_ns,

@@ -3,7 +3,7 @@
 //! by id that every path (the handler's own connection, another connection,
 //! a command from another thread) goes through.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -347,12 +347,7 @@ impl<S> Core<S> {
         let Some(idle) = self.config.idle_timeout else {
             return;
         };
-        let timer = self
-            .timers
-            .insert(self.clock.after(idle), TimerKind::Idle(id));
-        if let Some(conn) = self.conns.get_mut(id) {
-            conn.idle_timer = Some(timer);
-        }
+        self.timers.insert_idle(self.clock.after(idle), id);
     }
 
     /// Output is waiting for the kernel: make sure the send timeout watches
@@ -396,7 +391,12 @@ impl<S> Core<S> {
     }
 
     /// Starts an outbound connection with its initial state.
-    pub(crate) fn connect(&mut self, addr: SocketAddr, state: S) -> Result<ConnId, Error> {
+    pub(crate) fn connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        state: S,
+    ) -> Result<ConnId, Error> {
         if self.stopping {
             // A stop must finish: nothing new may start once it has begun.
             return Err(Error::LoopStopped);
@@ -404,7 +404,7 @@ impl<S> Core<S> {
         if self.conns.is_full() {
             return Err(Error::PoolFull);
         }
-        let fd = socket::connect(addr)?;
+        let fd = socket::connect(addr, source)?;
         let water = self.default_water_marks();
         let mut conn = Connection::new(
             fd,

@@ -6,7 +6,7 @@
 //! shut down, whoever asks.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -68,7 +68,20 @@ impl<'a, S> Ctx<'a, S> {
     /// [`CloseReason::ConnectFailed`] or [`CloseReason::ConnectTimeout`].
     /// Output written before then is sent once the connection is up.
     pub fn connect(&mut self, addr: SocketAddr, state: S) -> Result<ConnId, Error> {
-        self.core.connect(addr, state)
+        self.core.connect(addr, None, state)
+    }
+
+    /// Like [`connect`](Self::connect), from the local address `source`
+    /// (its port picked by the kernel at connect time): a client spreading
+    /// many connections over several local addresses, so that ephemeral
+    /// ports do not run out.
+    pub fn connect_from(
+        &mut self,
+        addr: SocketAddr,
+        source: IpAddr,
+        state: S,
+    ) -> Result<ConnId, Error> {
+        self.core.connect(addr, Some(source), state)
     }
 
     /// Disarms a timer; returns whether it was still armed. (In the one-shot

@@ -4,7 +4,7 @@
 //! generation check (read side, re-check, write side), run posted work,
 //! expire timers, then flush every connection that queued output, once.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,7 +133,17 @@ impl<H: Handler> EventLoop<H> {
 
     /// Starts an outbound connection, as [`Ctx::connect`] does.
     pub fn connect(&mut self, addr: SocketAddr, state: H::State) -> Result<ConnId, Error> {
-        self.core.connect(addr, state)
+        self.core.connect(addr, None, state)
+    }
+
+    /// Starts an outbound connection from `source`, as [`Ctx::connect_from`] does.
+    pub fn connect_from(
+        &mut self,
+        addr: SocketAddr,
+        source: IpAddr,
+        state: H::State,
+    ) -> Result<ConnId, Error> {
+        self.core.connect(addr, Some(source), state)
     }
 
     /// A handle for other threads.

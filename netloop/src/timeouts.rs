@@ -103,7 +103,6 @@ impl<H: Handler> EventLoop<H> {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
-        conn.idle_timer = None;
         let deadline = conn
             .last_active_ns
             .saturating_add(crate::clock::duration_ns(idle));
@@ -111,10 +110,7 @@ impl<H: Handler> EventLoop<H> {
             self.close_now(id, CloseReason::IdleTimeout);
         } else {
             // Activity moved the deadline: re-arm lazily instead of on every read.
-            let timer = self.core.timers.insert(deadline, TimerKind::Idle(id));
-            if let Some(conn) = self.core.conns.get_mut(id) {
-                conn.idle_timer = Some(timer);
-            }
+            self.core.timers.insert_idle(deadline, id);
         }
     }
 }

@@ -5,6 +5,14 @@
 //! so closed connections leave nothing behind (nginx keeps its timers in a
 //! red-black tree for the same reason).
 //!
+//! Idle timeouts are the exception: every connection has one, so they are
+//! kept apart, as bare connection ids in buckets one [`IDLE_GRAIN_NS`] wide
+//! (8 bytes a connection instead of a B-tree entry's ~150). An idle entry
+//! fires at the end of its bucket, at most one grain late (nginx likewise
+//! lets a timer be up to 300 ms lazy), and is never cancelled: a closed
+//! connection's id is stale by then (its generation moved on) and the
+//! expiry finds nothing; activity is checked on expiry, not re-armed.
+//!
 //! One-shot workers each keep their own timers, while a connection moves
 //! from worker to worker. So a timer id names the worker that armed it, a
 //! worker cancelling another's timer leaves the id in that worker's cancel
@@ -79,10 +87,16 @@ impl TimerKind {
 /// workers cancelled.
 pub(crate) type CancelBoxes = Arc<[Mutex<Vec<TimerId>>]>;
 
+/// The width of an idle-timeout bucket: 2^24 ns, about 16.8 ms.
+pub(crate) const IDLE_GRAIN_NS: u64 = 1 << IDLE_GRAIN_SHIFT;
+const IDLE_GRAIN_SHIFT: u32 = 24;
+
 /// The loop's timers.
 #[derive(Default)]
 pub(crate) struct Timers {
     armed: BTreeMap<TimerId, TimerKind>,
+    /// Idle checks by bucket: bucket `b` is due at `b * IDLE_GRAIN_NS`.
+    idle: BTreeMap<u64, Vec<ConnId>>,
     wheel: u32,
     cancel_boxes: Option<CancelBoxes>,
 }
@@ -107,6 +121,20 @@ impl Timers {
         };
         self.armed.insert(id, kind);
         id
+    }
+
+    /// Arms connection `id`'s idle check for `deadline_ns` or at most one
+    /// [`IDLE_GRAIN_NS`] later; it cannot be cancelled (see the module docs).
+    pub(crate) fn insert_idle(&mut self, deadline_ns: u64, id: ConnId) {
+        let bucket = deadline_ns.div_ceil(IDLE_GRAIN_NS);
+        self.idle.entry(bucket).or_default().push(id);
+    }
+
+    /// When the first idle bucket is due.
+    fn next_idle(&self) -> Option<u64> {
+        self.idle
+            .first_key_value()
+            .map(|(bucket, _)| bucket.checked_mul(IDLE_GRAIN_NS).unwrap_or(u64::MAX))
     }
 
     /// Disarms a timer; returns whether it was still armed. A one-shot
@@ -147,13 +175,30 @@ impl Timers {
 
     /// The earliest deadline, if any timer is armed.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
-        self.armed.first_key_value().map(|(id, _)| id.deadline_ns)
+        let armed = self.armed.first_key_value().map(|(id, _)| id.deadline_ns);
+        match (armed, self.next_idle()) {
+            (Some(a), Some(i)) => Some(a.min(i)),
+            (a, i) => a.or(i),
+        }
     }
 
-    /// Removes and returns one timer due at or before `now_ns`.
+    /// Removes and returns one timer due at or before `now_ns` (an idle
+    /// check comes with [`TimerId::UNARMED`]: it has no id of its own).
     pub(crate) fn pop_expired(&mut self, now_ns: u64) -> Option<(TimerId, TimerKind)> {
-        let (id, _) = self.armed.first_key_value()?;
-        if id.deadline_ns > now_ns {
+        let armed = self.armed.first_key_value().map(|(id, _)| id.deadline_ns);
+        if let Some(idle) = self.next_idle()
+            && idle <= now_ns
+            && armed.is_none_or(|a| idle <= a)
+        {
+            let mut bucket = self.idle.first_entry()?;
+            let id = bucket.get_mut().pop();
+            if bucket.get().is_empty() {
+                bucket.remove();
+            }
+            // Buckets are removed as they empty, so `id` is always there.
+            return id.map(|id| (TimerId::UNARMED, TimerKind::Idle(id)));
+        }
+        if armed? > now_ns {
             return None;
         }
         self.armed.pop_first()
@@ -184,6 +229,41 @@ mod tests {
         assert_eq!(timers.pop_expired(25), None);
         assert_eq!(timers.pop_expired(30).map(|(id, _)| id), Some(late));
         assert_eq!(timers.next_deadline(), None);
+    }
+
+    #[test]
+    fn idle_checks_fire_within_one_grain_after_their_deadline_in_order_with_the_others() {
+        let mut timers = Timers::default();
+        let (a, b) = (ConnId::new(1, 0), ConnId::new(2, 0));
+        let g = IDLE_GRAIN_NS;
+        timers.insert_idle(3 * g + 1, a);
+        timers.insert_idle(2 * g, b);
+        let user = timers.insert(3 * g + 5, TimerKind::StopDeadline);
+        assert_eq!(timers.next_deadline(), Some(2 * g));
+        assert_eq!(timers.pop_expired(2 * g - 1), None, "never early");
+        assert_eq!(
+            timers.pop_expired(2 * g),
+            Some((TimerId::UNARMED, TimerKind::Idle(b)))
+        );
+        assert_eq!(
+            timers.pop_expired(4 * g - 1),
+            Some((user, TimerKind::StopDeadline))
+        );
+        assert_eq!(
+            timers.pop_expired(4 * g - 1),
+            None,
+            "a: due at 3g + 1, never early"
+        );
+        assert_eq!(
+            timers.next_deadline(),
+            Some(4 * g),
+            "at most one grain late"
+        );
+        assert_eq!(
+            timers.pop_expired(4 * g),
+            Some((TimerId::UNARMED, TimerKind::Idle(a)))
+        );
+        assert_eq!(timers.next_deadline(), None, "emptied buckets are gone");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod env;
 pub mod rlimit;
 pub mod signal;
+pub mod timer_slack;
 
 use std::io;
 

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::cvt;
@@ -77,37 +78,90 @@ impl Epoll {
 
     /// Waits for events into `events`, replacing its contents.
     ///
-    /// `None` waits without limit. EINTR is reported as zero events, so a
-    /// signal simply ends the wait early.
+    /// `None` waits without limit. A timeout is kept to the nanosecond with
+    /// `epoll_pwait2` (Linux 5.11), so a timer due in 50 µs wakes the loop
+    /// then and not at the next millisecond; kernels without it get
+    /// `epoll_wait`, the timeout rounded up to whole milliseconds. EINTR is
+    /// reported as zero events, so a signal simply ends the wait early.
     pub fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
-        let timeout_ms = match timeout {
-            None => -1,
-            // Round up so a timer due in 0.4 ms does not become a busy loop of 0 ms waits.
-            Some(d) => d
-                .as_nanos()
-                .div_ceil(1_000_000)
-                .min(libc::c_int::MAX as u128) as libc::c_int,
-        };
         events.len = 0;
-        let capacity = events.raw.len().min(libc::c_int::MAX as usize) as libc::c_int;
-        // SAFETY: `raw` holds `capacity` writable epoll_event entries that live for
-        // the whole call; the kernel writes at most `capacity` of them.
-        let ret = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                events.raw.as_mut_ptr(),
-                capacity,
-                timeout_ms,
-            )
+        let ret = match timeout {
+            Some(d) if !d.is_zero() && HAS_PWAIT2.load(Ordering::Relaxed) => {
+                match self.wait_ns(events, d) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                        HAS_PWAIT2.store(false, Ordering::Relaxed);
+                        self.wait_ms(events, timeout_ms(timeout))
+                    }
+                    other => other,
+                }
+            }
+            // No timeout and a zero timeout need no precision: the plain call.
+            _ => self.wait_ms(events, timeout_ms(timeout)),
         };
-        match cvt(ret) {
+        match ret {
             Ok(n) => {
-                events.len = n as usize;
-                Ok(events.len)
+                events.len = n;
+                Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
         }
+    }
+
+    fn wait_ms(&self, events: &mut Events, timeout_ms: libc::c_int) -> io::Result<usize> {
+        // SAFETY: `raw` holds `capacity()` writable epoll_event entries that live
+        // for the whole call; the kernel writes at most that many of them.
+        let ret = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.raw.as_mut_ptr(),
+                events.capacity(),
+                timeout_ms,
+            )
+        };
+        cvt(ret).map(|n| n as usize)
+    }
+
+    fn wait_ns(&self, events: &mut Events, timeout: Duration) -> io::Result<usize> {
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: as in `wait_ms` for the event array; `timeout` is a valid
+        // timespec that outlives the call, and a null sigmask leaves the
+        // thread's signal mask alone (the sigsetsize is then ignored).
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                self.fd.as_raw_fd(),
+                events.raw.as_mut_ptr(),
+                events.capacity(),
+                &timeout as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if ret == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret as usize)
+        }
+    }
+}
+
+/// Whether `epoll_pwait2` may be tried; cleared the first time it is
+/// missing (ENOSYS), for the whole process.
+static HAS_PWAIT2: AtomicBool = AtomicBool::new(true);
+
+/// `epoll_wait`'s millisecond timeout: -1 for none, rounded up so that a
+/// timer due in 0.4 ms does not become a busy loop of 0 ms waits.
+fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+    match timeout {
+        None => -1,
+        Some(d) => d
+            .as_nanos()
+            .div_ceil(1_000_000)
+            .min(libc::c_int::MAX as u128) as libc::c_int,
     }
 }
 
@@ -132,6 +186,11 @@ impl Events {
     pub fn with_capacity(capacity: usize) -> Self {
         let raw = vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)];
         Self { raw, len: 0 }
+    }
+
+    /// Room for events per wait, as the kernel calls take it.
+    fn capacity(&self) -> libc::c_int {
+        self.raw.len().min(libc::c_int::MAX as usize) as libc::c_int
     }
 
     /// The number of events the last wait returned.

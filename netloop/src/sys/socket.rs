@@ -1,7 +1,7 @@
 //! Sockets: listeners, accept4, and the read/write calls of the data path.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
@@ -44,21 +44,49 @@ pub fn listen(addr: SocketAddr, options: ListenOptions) -> io::Result<TcpListene
     Ok(socket.into())
 }
 
-/// Starts a non-blocking, close-on-exec connect to `addr`. The connect
-/// usually completes later: the socket turns writable, and `SO_ERROR` tells
-/// whether it succeeded ([`take_error`]).
-pub fn connect(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// Starts a non-blocking, close-on-exec connect to `addr`, from the local
+/// address `source` when given (its port chosen at connect time). The
+/// connect usually completes later: the socket turns writable, and
+/// `SO_ERROR` tells whether it succeeded ([`take_error`]).
+pub fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<OwnedFd> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         None,
     )?;
+    if let Some(ip) = source {
+        // Without IP_BIND_ADDRESS_NO_PORT, bind would pick a port unique to
+        // the address alone; with it, the port is picked at connect and only
+        // the four-tuple must be unique, so ports are not used up early.
+        set_bind_address_no_port(&socket)?;
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
     Ok(socket.into())
+}
+
+fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the duration of the call and its size
+    // is passed along; the fd is a live socket owned by `socket`.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Accepts one connection as a non-blocking, close-on-exec socket, in one
