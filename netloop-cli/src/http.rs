@@ -31,6 +31,10 @@ pub struct HttpArgs {
     /// pipelined requests wait (and it is no longer read).
     #[arg(long, default_value_t = netloop_servers::http::DEFAULT_MAX_UNSENT)]
     max_unsent: usize,
+    /// Answer `GET /large` with this many bytes (for benchmarks: a large
+    /// response beside the small ones).
+    #[arg(long, value_name = "BYTES")]
+    large_body: Option<usize>,
 }
 
 /// Runs the HTTP server until SIGINT or SIGTERM.
@@ -45,10 +49,15 @@ pub fn run(mut args: HttpArgs) -> Result<(), ServeError> {
     let header_timeout = timeout_secs(args.header_timeout);
     let body_timeout = timeout_secs(args.body_timeout);
     let max_unsent = args.max_unsent;
+    let large_body = args.large_body;
     serve(&args.server, move |_| {
-        Hello::new(limits, header_timeout)
+        let hello = Hello::new(limits, header_timeout)
             .with_body_timeout(body_timeout)
-            .with_max_unsent(max_unsent)
+            .with_max_unsent(max_unsent);
+        match large_body {
+            Some(size) => hello.with_large_body("/large", size),
+            None => hello,
+        }
     })
 }
 

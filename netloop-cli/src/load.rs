@@ -59,6 +59,9 @@ pub enum LoadCommand {
     /// Drive the framed chat server: each frame must come back, in order, to
     /// every client.
     Chat(EchoLoadArgs),
+    /// Stream bytes one way as fast as the server takes them (to a discard
+    /// sink, or with `--read-back` through an echo server).
+    Stream(crate::stream::StreamArgs),
 }
 
 /// Options every workload takes.
@@ -189,6 +192,7 @@ pub fn run(command: LoadCommand) -> Result<(), ServeError> {
             args.common.clone(),
             run_load(&args.common, ChatFrames::new(args.size, args.common.conns))?,
         ),
+        LoadCommand::Stream(args) => return crate::stream::run(&args),
     };
     if args.json {
         println!("{}", report_json(&args, &report));
@@ -681,15 +685,35 @@ fn pattern_byte(number: usize, sequence: u64, i: usize) -> u8 {
 }
 
 /// Echo: messages of a fixed size, each distinct, must come back verbatim.
+///
+/// A message is its sequence number and connection number (8 bytes each,
+/// little-endian; cut short in messages under 16 bytes) followed by a
+/// filler that varies along the message, the same in every message. So a
+/// byte delivered to the wrong connection, out of order or shifted shows,
+/// and checking a message is a comparison, not per-byte arithmetic: the
+/// client keeps up with servers moving megabytes per message.
 #[derive(Clone)]
 pub struct Echo {
-    size: usize,
+    /// A whole message without its header: `template[HEADER..]` is the filler.
+    template: Arc<[u8]>,
 }
+
+/// Sequence and connection number at the front of every echo message.
+const HEADER: usize = 16;
 
 impl Echo {
     /// Messages of `size` bytes (at least 1).
     pub fn new(size: usize) -> Self {
-        Self { size: size.max(1) }
+        let template = (0..size.max(1)).map(|i| pattern_byte(0, 0, i)).collect();
+        Self { template }
+    }
+
+    /// The header of message `sequence` of connection `number`.
+    fn header(number: usize, sequence: u64) -> [u8; HEADER] {
+        let mut header = [0; HEADER];
+        header[..8].copy_from_slice(&sequence.to_le_bytes());
+        header[8..].copy_from_slice(&(number as u64).to_le_bytes());
+        header
     }
 }
 
@@ -699,7 +723,11 @@ impl Workload for Echo {
     }
 
     fn request(&mut self, number: usize, sequence: u64, out: &mut Vec<u8>) {
-        out.extend((0..self.size).map(|i| pattern_byte(number, sequence, i)));
+        let size = self.template.len();
+        let header = Self::header(number, sequence);
+        let cut = size.min(HEADER);
+        out.extend_from_slice(&header[..cut]);
+        out.extend_from_slice(&self.template[cut..]);
     }
 
     fn responses(
@@ -708,17 +736,21 @@ impl Workload for Echo {
         next: u64,
         input: &[u8],
     ) -> Result<(u64, usize), String> {
+        let size = self.template.len();
+        let cut = size.min(HEADER);
         let mut completed = 0;
-        for message in input.chunks_exact(self.size) {
+        for message in input.chunks_exact(size) {
             let sequence = next + completed;
-            if let Some(i) =
-                (0..self.size).find(|&i| message[i] != pattern_byte(number, sequence, i))
-            {
-                return Err(format!("byte {i} of message {sequence} differs"));
+            let (head, filler) = message.split_at(cut);
+            if head != &Self::header(number, sequence)[..cut] {
+                return Err(format!("message {sequence}: wrong header {head:?}"));
+            }
+            if filler != &self.template[cut..] {
+                return Err(format!("message {sequence}: the filler differs"));
             }
             completed += 1;
         }
-        Ok((completed, completed as usize * self.size))
+        Ok((completed, completed as usize * size))
     }
 }
 

@@ -8,6 +8,7 @@ mod kv;
 mod load;
 mod proxy;
 mod serve;
+mod stream;
 mod sys;
 mod upgrade;
 

@@ -50,6 +50,14 @@ pub struct Hello {
     header_timeout: Duration,
     body_timeout: Duration,
     max_unsent: usize,
+    /// A path answered with a large body instead of the greeting.
+    large: Option<LargeBody>,
+}
+
+/// A large response body served at one path ([`Hello::with_large_body`]).
+struct LargeBody {
+    path: Vec<u8>,
+    body: Vec<u8>,
 }
 
 /// Where one connection is between requests.
@@ -77,6 +85,8 @@ enum BodyLeft {
 struct Pending {
     connection: ConnectionHeader,
     head_only: bool,
+    /// The request asked for the large body.
+    large: bool,
 }
 
 /// What the connection is timed for.
@@ -112,7 +122,26 @@ impl Hello {
             header_timeout,
             body_timeout: header_timeout,
             max_unsent: DEFAULT_MAX_UNSENT,
+            large: None,
         }
+    }
+
+    /// Answers requests for exactly `path` (e.g. `/large`) with `size`
+    /// bytes of `text/plain` instead of the greeting: the heavy flow beside
+    /// light ones when measuring fairness, as a large static file is for
+    /// nginx.
+    pub fn with_large_body(mut self, path: &str, size: usize) -> Self {
+        let body = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        self.large = Some(LargeBody {
+            path: path.as_bytes().to_vec(),
+            body,
+        });
+        self
+    }
+
+    /// Whether `path` is the large body's.
+    fn is_large(&self, path: &[u8]) -> bool {
+        self.large.as_ref().is_some_and(|large| large.path == path)
     }
 
     /// Sets the longest wait between two reads of a request body.
@@ -145,13 +174,17 @@ impl Hello {
                 Err(e) => return refuse(output, &date, &e),
             }
             if let Some(pending) = state.pending.take() {
+                let body = match &self.large {
+                    Some(large) if pending.large => &large.body[..],
+                    _ => BODY,
+                };
                 write_response(
                     output,
                     200,
                     "OK",
                     &date,
                     "text/plain",
-                    BODY,
+                    body,
                     pending.connection,
                     pending.head_only,
                 );
@@ -169,6 +202,7 @@ impl Hello {
                 Ok(None) => return Answered::NeedInput,
                 Ok(Some(head)) => {
                     *heads += 1;
+                    let large = self.is_large(head.path_in(input.as_slice()));
                     input.consume(head.head_len);
                     state.body = match head.body {
                         BodyKind::None => BodyLeft::None,
@@ -182,6 +216,7 @@ impl Hello {
                     state.pending = Some(Pending {
                         connection: ConnectionHeader::for_request(head.version, head.keep_alive),
                         head_only: head.method == Method::Head,
+                        large,
                     });
                 }
                 Err(e) => return refuse(output, &date, &e),

@@ -146,21 +146,33 @@ impl std::fmt::Debug for Buffer {
     }
 }
 
-/// A per-loop free list of buffer memory in one standard size.
+/// A per-loop free list of buffer memory in two sizes: the standard one,
+/// and a bulk one ([`BULK_CHUNKS`] standard sizes) for reads on a
+/// connection that has more waiting than a standard buffer holds.
 ///
-/// Buffers that grew past twice the standard size are freed rather than
-/// kept, so one burst does not pin its peak memory forever.
+/// Buffers that grew past twice their size are freed rather than kept, so
+/// one burst does not pin its peak memory forever.
 pub(crate) struct BufferPool {
     free: Vec<Vec<u8>>,
+    free_bulk: Vec<Vec<u8>>,
     chunk: usize,
     max_free: usize,
 }
+
+/// A bulk buffer is this many standard ones: 64 KiB by default, the size
+/// at which loopback and most NICs hand over a whole segment batch per
+/// read, so a stream costs a quarter of the system calls.
+const BULK_CHUNKS: usize = 4;
+
+/// Spare bulk buffers kept: at most one for this many standard spares.
+const BULK_SPARE_RATIO: usize = 16;
 
 impl BufferPool {
     /// A pool of `chunk`-byte buffers keeping at most `max_free` spares.
     pub(crate) fn new(chunk: usize, max_free: usize) -> Self {
         Self {
             free: Vec::new(),
+            free_bulk: Vec::new(),
             chunk: chunk.max(64),
             max_free,
         }
@@ -171,28 +183,49 @@ impl BufferPool {
         self.chunk
     }
 
+    /// The bulk buffer size.
+    pub(crate) fn bulk(&self) -> usize {
+        self.chunk * BULK_CHUNKS
+    }
+
     fn take(&mut self, min: usize) -> Vec<u8> {
-        if min <= self.chunk
-            && let Some(storage) = self.free.pop()
-        {
-            return storage;
-        }
-        Vec::with_capacity(min.max(self.chunk))
+        let bulk = self.bulk();
+        let (list, size) = if min <= self.chunk {
+            (&mut self.free, self.chunk)
+        } else if min <= bulk {
+            (&mut self.free_bulk, bulk)
+        } else {
+            return Vec::with_capacity(min);
+        };
+        list.pop().unwrap_or_else(|| Vec::with_capacity(size))
     }
 
     fn give(&mut self, mut storage: Vec<u8>) {
-        if self.free.len() < self.max_free
-            && storage.capacity() >= self.chunk
-            && storage.capacity() <= 2 * self.chunk
-        {
+        let capacity = storage.capacity();
+        let bulk = self.bulk();
+        let (list, limit) = if (self.chunk..=2 * self.chunk).contains(&capacity) {
+            (&mut self.free, self.max_free)
+        } else if (bulk..=2 * bulk).contains(&capacity) {
+            (
+                &mut self.free_bulk,
+                self.max_free.div_ceil(BULK_SPARE_RATIO),
+            )
+        } else {
+            return;
+        };
+        if list.len() < limit {
             storage.clear();
-            self.free.push(storage);
+            list.push(storage);
         }
     }
 
     /// Bytes held by spare buffers.
     pub(crate) fn spare_bytes(&self) -> usize {
-        self.free.iter().map(Vec::capacity).sum()
+        self.free
+            .iter()
+            .chain(&self.free_bulk)
+            .map(Vec::capacity)
+            .sum()
     }
 }
 

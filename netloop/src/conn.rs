@@ -56,6 +56,29 @@ impl Output<'_> {
         self.buffer.extend_from_slice(bytes, self.pool);
     }
 
+    /// Moves every unconsumed byte of `input` to the end of the queue,
+    /// leaving `input` empty. When nothing is queued the two buffers swap
+    /// memory instead of copying, so an echo or a relay does no per-byte
+    /// work of its own.
+    ///
+    /// ```
+    /// use netloop::{Conn, Handler};
+    ///
+    /// /// Sends every byte back.
+    /// struct Echo;
+    ///
+    /// impl Handler for Echo {
+    ///     type State = ();
+    ///     fn on_data(&mut self, conn: &mut Conn<'_, ()>) {
+    ///         let mut parts = conn.parts();
+    ///         parts.output.append(parts.input);
+    ///     }
+    /// }
+    /// ```
+    pub fn append(&mut self, input: &mut Buffer) {
+        self.buffer.append_from(input, self.pool);
+    }
+
     /// The queue as a `Vec` to append to, so an encoder can write replies
     /// in place. Append only: the bytes already in it are queued output.
     pub fn vec(&mut self) -> &mut Vec<u8> {

@@ -189,8 +189,13 @@ pub(crate) struct Connection<S> {
 
 /// What one read brought.
 pub(crate) enum ReadOutcome {
-    /// Bytes arrived; `drained` when the socket is known to be empty.
-    Data { bytes: usize, drained: bool },
+    /// Bytes arrived; `drained` when the socket is known to be empty,
+    /// `filled` when they filled all the room offered (more may wait).
+    Data {
+        bytes: usize,
+        drained: bool,
+        filled: bool,
+    },
     /// The peer sent FIN.
     Eof,
     /// Nothing to read now (EAGAIN).
@@ -275,10 +280,17 @@ impl<S> Connection<S> {
         self.read == ReadSide::Eof(AfterEof::KeepWriting) && self.write == WriteSide::FinSent
     }
 
-    /// Reads once into the input buffer.
-    pub(crate) fn read_once(&mut self, io: &mut IoContext<'_>) -> ReadOutcome {
+    /// Reads once into the input buffer. With `bulk` (the last read
+    /// filled its room: a stream) an empty input takes a bulk buffer, so
+    /// the stream moves in fewer, larger reads (and writes, when the
+    /// buffer is relayed whole).
+    pub(crate) fn read_once(&mut self, io: &mut IoContext<'_>, bulk: bool) -> ReadOutcome {
         io.stats.read_calls += 1;
-        let min_room = io.buffers.chunk() / 4;
+        let min_room = if bulk && self.input.is_empty() {
+            io.buffers.bulk()
+        } else {
+            io.buffers.chunk() / 4
+        };
         match self
             .input
             .read_from(self.fd.as_raw_fd(), min_room, io.buffers)
@@ -295,7 +307,11 @@ impl<S> Connection<S> {
                 // so the EAGAIN read can be skipped (nginx's rdhup trick).
                 // Level and one-shot registrations re-report what is left.
                 let drained = n < room && (io.rereported || (io.rdhup && !self.hangup_seen));
-                ReadOutcome::Data { bytes: n, drained }
+                ReadOutcome::Data {
+                    bytes: n,
+                    drained,
+                    filled: n == room,
+                }
             }
             Err(e) => {
                 self.input.release_if_empty(io.buffers);

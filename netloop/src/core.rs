@@ -112,11 +112,12 @@ impl<S> Core<S> {
         if !self.posted.is_empty() || !self.flush_list.is_empty() {
             return Some(Duration::ZERO);
         }
-        let now = self.clock.elapsed_ns();
+        // The clock is read only when a timer is armed: a loop without
+        // timers makes no clock read here, one per turn in all.
         let timer = self
             .timers
             .next_deadline()
-            .map(|deadline| Duration::from_nanos(deadline.saturating_sub(now)));
+            .map(|deadline| Duration::from_nanos(deadline.saturating_sub(self.clock.elapsed_ns())));
         match (timer, max_wait) {
             (Some(t), Some(m)) => Some(t.min(m)),
             (t, m) => t.or(m),

@@ -20,15 +20,22 @@ impl<H: Handler> EventLoop<H> {
             conn.hangup_seen |= hangup;
         }
         let mut total = 0usize;
+        let mut bulk = false;
         while self.core.conns.get(id).is_some_and(Connection::may_read) {
             let (conns, mut io) = self.core.io_context();
             let Some(conn) = conns.get_mut(id) else {
                 return;
             };
-            match conn.read_once(&mut io) {
-                ReadOutcome::Data { bytes, drained } => {
+            match conn.read_once(&mut io, bulk) {
+                ReadOutcome::Data {
+                    bytes,
+                    drained,
+                    filled,
+                } => {
                     total += bytes;
+                    bulk = filled;
                     self.deliver_input(id);
+                    self.write_through(id);
                     if drained {
                         return;
                     }
@@ -55,6 +62,25 @@ impl<H: Handler> EventLoop<H> {
             }
             Some(_) => self.discard_lingering_input(id),
             None => {}
+        }
+    }
+
+    /// Output that fills a standard buffer goes out now, before the next
+    /// read, instead of at the end of the turn. A bulk echo or relay then
+    /// hands each buffer from input to output and back to the pool while
+    /// its bytes are still in cache, rather than appending read after read
+    /// to an output that waits for the turn's flush (a copy per byte, and
+    /// a buffer grown past the pool's size, freed and faulted in again on
+    /// every turn). Small responses still wait and go out once per turn.
+    fn write_through(&mut self, id: ConnId) {
+        let chunk = self.core.buffers.chunk();
+        if self
+            .core
+            .conns
+            .get(id)
+            .is_some_and(|c| c.output.len() >= chunk && c.listed.flush)
+        {
+            self.flush_conn(id);
         }
     }
 

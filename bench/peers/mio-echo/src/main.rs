@@ -39,6 +39,10 @@ struct Args {
     /// Independent event loops, each with its own SO_REUSEPORT listener.
     #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     threads: usize,
+    /// Read and drop everything instead of echoing it (the sink of a
+    /// one-way stream).
+    #[arg(long)]
+    discard: bool,
 }
 
 fn main() -> ExitCode {
@@ -62,11 +66,12 @@ fn run(args: &Args) -> io::Result<()> {
     for _ in 1..args.threads {
         listeners.push(bind(addr)?);
     }
+    let discard = args.discard;
     for (i, listener) in listeners.into_iter().enumerate() {
         thread::Builder::new()
             .name(format!("mio-echo-{i}"))
             .spawn(move || {
-                if let Err(e) = event_loop(listener) {
+                if let Err(e) = event_loop(listener, discard) {
                     eprintln!("mio-echo: loop {i}: {e}");
                     process::exit(1);
                 }
@@ -104,7 +109,7 @@ struct Conn {
 impl Conn {
     /// Reads and echoes until the socket would block either way. Returns
     /// whether the connection stays open.
-    fn drive(&mut self, scratch: &mut [u8]) -> io::Result<bool> {
+    fn drive(&mut self, scratch: &mut [u8], discard: bool) -> io::Result<bool> {
         loop {
             while self.sent < self.queued.len() {
                 match self.stream.write(&self.queued[self.sent..]) {
@@ -127,6 +132,7 @@ impl Conn {
             }
             match self.stream.read(scratch) {
                 Ok(0) => self.eof = true,
+                Ok(_) if discard => {}
                 Ok(n) => self.queued.extend_from_slice(&scratch[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
                 Err(e) => return Err(e),
@@ -136,7 +142,7 @@ impl Conn {
 }
 
 /// Runs one event loop on `listener` forever.
-fn event_loop(mut listener: TcpListener) -> io::Result<()> {
+fn event_loop(mut listener: TcpListener, discard: bool) -> io::Result<()> {
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -155,7 +161,7 @@ fn event_loop(mut listener: TcpListener) -> io::Result<()> {
             if event.token() != LISTENER {
                 // Closing the socket also removes it from epoll: no deregister.
                 if let Some(conn) = conns.get_mut(key)
-                    && !matches!(conn.drive(&mut scratch), Ok(true))
+                    && !matches!(conn.drive(&mut scratch, discard), Ok(true))
                 {
                     conns.remove(key);
                 }

@@ -28,11 +28,15 @@ struct Args {
     /// Worker threads: 1 runs a current-thread runtime, more a multi-thread one.
     #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     threads: usize,
+    /// Read and drop everything instead of echoing it (the sink of a
+    /// one-way stream).
+    #[arg(long)]
+    discard: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match runtime(args.threads).and_then(|rt| rt.block_on(serve(args.addr))) {
+    match runtime(args.threads).and_then(|rt| rt.block_on(serve(args.addr, args.discard))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokio-echo: {e}");
@@ -54,7 +58,7 @@ fn runtime(threads: usize) -> io::Result<Runtime> {
 }
 
 /// Accepts connections on `addr` until SIGINT or SIGTERM.
-async fn serve(addr: SocketAddr) -> io::Result<()> {
+async fn serve(addr: SocketAddr, discard: bool) -> io::Result<()> {
     // Installed before announcing, so a signal sent right after the
     // announcement is never missed.
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -67,7 +71,7 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
                 Ok((stream, _)) => {
                     tokio::spawn(async move {
                         // A reset or a broken pipe ends only this connection.
-                        let _ = echo(stream).await;
+                        let _ = echo(stream, discard).await;
                     });
                 }
                 // E.g. EMFILE or ECONNABORTED: the listener itself is fine.
@@ -79,8 +83,8 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-/// Echoes everything `stream` sends until it closes.
-async fn echo(mut stream: TcpStream) -> io::Result<()> {
+/// Echoes everything `stream` sends until it closes (or drops it, with `discard`).
+async fn echo(mut stream: TcpStream, discard: bool) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = vec![0; BUFFER_SIZE];
     loop {
@@ -88,7 +92,9 @@ async fn echo(mut stream: TcpStream) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        stream.write_all(&buf[..n]).await?;
+        if !discard {
+            stream.write_all(&buf[..n]).await?;
+        }
     }
 }
 
