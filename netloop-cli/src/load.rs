@@ -366,6 +366,15 @@ fn drive<W: Workload>(
         event_loop.turn(Some(Duration::from_millis(10)))?;
     }
     let handler = event_loop.handler_mut();
+    if handler.in_flight > 0 {
+        // A server that takes requests and never answers fails the run as
+        // surely as one that answers wrongly.
+        tracing::error!(
+            unanswered = handler.in_flight,
+            "requests still unanswered 2 s after the run"
+        );
+        handler.report.errors += handler.in_flight;
+    }
     handler.report.elapsed = elapsed;
     handler.report.open_time = open_time;
     handler.report.opened = handler.dialer.opened;

@@ -164,8 +164,10 @@ pub(crate) struct BufferPool {
 /// read, so a stream costs a quarter of the system calls.
 const BULK_CHUNKS: usize = 4;
 
-/// Spare bulk buffers kept: at most one for this many standard spares.
-const BULK_SPARE_RATIO: usize = 16;
+/// Spare bulk buffers kept, at most: enough for the few streams a loop
+/// reads in one turn. A bulk buffer is four standard ones, so a larger
+/// store would pin a burst's peak (64 of them are 4 MiB) long after it.
+const BULK_SPARES: usize = 2;
 
 impl BufferPool {
     /// A pool of `chunk`-byte buffers keeping at most `max_free` spares.
@@ -206,10 +208,7 @@ impl BufferPool {
         let (list, limit) = if (self.chunk..=2 * self.chunk).contains(&capacity) {
             (&mut self.free, self.max_free)
         } else if (bulk..=2 * bulk).contains(&capacity) {
-            (
-                &mut self.free_bulk,
-                self.max_free.div_ceil(BULK_SPARE_RATIO),
-            )
+            (&mut self.free_bulk, self.max_free.min(BULK_SPARES))
         } else {
             return;
         };

@@ -42,9 +42,10 @@ pub fn first_wrong(seed: u64, offset: usize, got: &[u8]) -> Option<usize> {
 
 /// The most buffer memory a relay may hold with `config`: one full output
 /// (a `Vec` grows by doubling, so up to twice the high-water mark) and a few
-/// standard buffers for input in flight and spares.
+/// buffers for input in flight and spares, each up to a bulk buffer (four
+/// standard ones: a stream's reads take those).
 pub fn memory_bound(config: &Config) -> usize {
-    2 * config.high_water + 4 * config.buffer_size
+    2 * config.high_water + 4 * 4 * config.buffer_size
 }
 
 /// Runs turns, calling `step` before each (it returns the progress so far),
