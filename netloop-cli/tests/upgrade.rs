@@ -108,6 +108,19 @@ struct Family {
     stderr: Lines,
 }
 
+/// A failing test must not leave its servers running: kill the whole
+/// family when a test panics (`stop_all` waits for them otherwise).
+impl Drop for Family {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            for &raw in self.old.iter().chain([&self.pid]) {
+                let _ = rustix::process::kill_process(pid(raw), Signal::KILL);
+            }
+            let _ = self.first.kill();
+        }
+    }
+}
+
 impl Family {
     fn start(program: &Path, args: &[&str]) -> Self {
         Self::start_with(Command::new(program).args(args), 1)
