@@ -109,7 +109,7 @@ impl<S> Core<S> {
 
     /// How long the next `epoll_wait` may block.
     pub(crate) fn wait_timeout(&self, max_wait: Option<Duration>) -> Option<Duration> {
-        if !self.posted.is_empty() || !self.flush_list.is_empty() {
+        if !self.posted.is_empty() || !self.flush_list.is_empty() || !self.drained.is_empty() {
             return Some(Duration::ZERO);
         }
         // The clock is read only when a timer is armed: a loop without
@@ -249,6 +249,15 @@ impl<S> Core<S> {
             conn.output_level = OutputLevel::Normal;
             self.drained.push(id);
             self.release_reading(id, Hold::OutputFull);
+        }
+    }
+
+    /// Hands back the drained list a turn took, emptied, so its allocation
+    /// serves the next turn; connections that drained meanwhile stay listed.
+    pub(crate) fn give_back_drained(&mut self, mut taken: Vec<ConnId>) {
+        if self.drained.is_empty() {
+            taken.clear();
+            self.drained = taken;
         }
     }
 

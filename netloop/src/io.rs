@@ -196,23 +196,29 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
-    /// Tells handlers whose connections drained to the low-water mark.
+    /// Tells handlers whose connections drained to the low-water mark, and
+    /// flushes what they queued. A connection that drains again during
+    /// that flush is told in the next turn, which then does not block: a
+    /// handler that refills its output on every drain would otherwise keep
+    /// one turn going for as long as the kernel takes its bytes, and no
+    /// other connection, timer or stop request would be served meanwhile.
     pub(crate) fn notify_drained(&mut self) {
-        while !self.core.drained.is_empty() {
-            let drained = std::mem::take(&mut self.core.drained);
-            for id in drained {
-                if self
-                    .core
-                    .conns
-                    .get(id)
-                    .is_some_and(|c| c.phase == Phase::Open)
-                {
-                    self.call(id, |handler, conn| handler.on_drained(conn));
-                }
-            }
-            // What those callbacks queued goes out in this turn too.
-            self.flush_all();
+        if self.core.drained.is_empty() {
+            return;
         }
+        let drained = std::mem::take(&mut self.core.drained);
+        for &id in &drained {
+            if self
+                .core
+                .conns
+                .get(id)
+                .is_some_and(|c| c.phase == Phase::Open)
+            {
+                self.call(id, |handler, conn| handler.on_drained(conn));
+            }
+        }
+        self.core.give_back_drained(drained);
+        self.flush_all();
     }
 
     /// Serves the reads posted so far. Reads posted while this batch runs
