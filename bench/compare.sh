@@ -4,7 +4,10 @@
 #   echo 64 B, depth 1 and 16 (netloop load)   netloop echo | mio-echo | tokio-echo
 #   HTTP hello, plain and pipelined 16 (wrk)   netloop http | hyper-hello | nginx
 #   RESP ping/set/get, -P 1 and -P 16          netloop kv   | redis-server
+#   bulk echo 64 KiB and 1 MiB (netloop load)  netloop echo | mio-echo | tokio-echo   (MB per CPU-s)
+#   one-way stream to a discard sink           echo --discard of each               (MB per CPU-s)
 #   idle RSS with 10,000 connections           netloop echo/http | mio | tokio | hyper | nginx
+#   a CPU profile of depth-16 echo             netloop echo | mio-echo | tokio-echo   (perf record)
 #
 # The server runs on CPU 0, the client on CPU 1 (taskset). Rounds are
 # interleaved (A B C A B C ...) and medians reported. For every run: ops/s
@@ -28,6 +31,10 @@
 #                     (redis-benchmark runs to n requests per test, four tests: about
 #                     DURATION seconds in all at ~90k and ~1.4M requests/s)
 #   SKIP_IDLE=1       leave out the idle-RSS test
+#   SKIP_PROFILE=1    leave out the profile pass (perf record of depth-16 echo)
+#   PROFILE_DURATION  seconds of the profile pass per server (default 5)
+#   WORKLOADS         the workloads to run, space-separated (default all:
+#                     echo-d1 echo-d16 http http-p16 resp-p1 resp-p16 bulk-64k bulk-1m stream)
 #   BEFORE_BIN=PATH   also run this netloop binary (an older build) as the
 #                     servers before-echo, before-http and before-kv, in the
 #                     same interleaved rounds: a before/after comparison
@@ -43,6 +50,8 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 REDIS_N_P1=${REDIS_N_P1:-$((20000 * DURATION))}
 REDIS_N_P16=${REDIS_N_P16:-$((300000 * DURATION))}
 SKIP_IDLE=${SKIP_IDLE:-0}
+SKIP_PROFILE=${SKIP_PROFILE:-0}
+PROFILE_DURATION=${PROFILE_DURATION:-5}
 SERVER_CPU=0
 CLIENT_CPU=1
 CONNS=50
@@ -138,6 +147,10 @@ start_server() {
     netloop-echo) taskset -c $SERVER_CPU "$NETLOOP" echo --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     netloop-http) taskset -c $SERVER_CPU "$NETLOOP" http --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     netloop-kv) taskset -c $SERVER_CPU "$NETLOOP" kv --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
+    netloop-discard) taskset -c $SERVER_CPU "$NETLOOP" echo --discard --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
+    before-discard) taskset -c $SERVER_CPU "$BEFORE" echo --discard --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
+    mio-discard | tokio-discard)
+      taskset -c $SERVER_CPU "$PEERS/${name%-discard}-echo" --discard --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     before-echo | before-http | before-kv)
       taskset -c $SERVER_CPU "$BEFORE" "${name#before-}" --addr 127.0.0.1:0 --threads 1 >"$tmp/server.out" 2>"$tmp/server.err" & ;;
     mio-echo | tokio-echo | hyper-hello)
@@ -174,10 +187,21 @@ stop_server() {
 }
 
 # ---------------------------------------------------------------- workloads
-WORKLOADS=(echo-d1 echo-d16 http http-p16 resp-p1 resp-p16)
+ALL_WORKLOADS="echo-d1 echo-d16 http http-p16 resp-p1 resp-p16 bulk-64k bulk-1m stream"
+read -r -a WORKLOADS <<<"${WORKLOADS:-$ALL_WORKLOADS}"
+for w in "${WORKLOADS[@]}"; do
+  [[ " $ALL_WORKLOADS " == *" $w "* ]] || die "unknown workload $w (known: $ALL_WORKLOADS)"
+done
+# Bulk messages: 64 KiB and 1 MiB echoed whole, 50 connections at depth 1;
+# the stream: 4 connections writing 64 KiB at a time to a server that reads
+# and drops (no echo), so the figure is the server's receive path alone.
+BULK_CONNS=50
+STREAM_CONNS=4
 servers_of() {
   local before=""
   case $1 in
+    bulk-*) [ -n "$BEFORE" ] && before=" before-echo"; echo "netloop-echo$before mio-echo tokio-echo" ;;
+    stream) [ -n "$BEFORE" ] && before=" before-discard"; echo "netloop-discard$before mio-discard tokio-discard" ;;
     echo-*) [ -n "$BEFORE" ] && before=" before-echo"; echo "netloop-echo$before mio-echo tokio-echo" ;;
     http*) [ -n "$BEFORE" ] && before=" before-http"; echo "netloop-http$before hyper-hello nginx" ;;
     resp-*) [ -n "$BEFORE" ] && before=" before-kv"; echo "netloop-kv$before redis-server" ;;
@@ -190,6 +214,9 @@ client_cmd() {
   case $w in
     echo-d1) echo "$NETLOOP load echo --target $addr --conns $CONNS --size 64 --depth 1 --duration $secs --json" ;;
     echo-d16) echo "$NETLOOP load echo --target $addr --conns $CONNS --size 64 --depth 16 --duration $secs --json" ;;
+    bulk-64k) echo "$NETLOOP load echo --target $addr --conns $BULK_CONNS --size 65536 --depth 1 --duration $secs --json" ;;
+    bulk-1m) echo "$NETLOOP load echo --target $addr --conns $BULK_CONNS --size 1048576 --depth 1 --duration $secs --json" ;;
+    stream) echo "$NETLOOP load stream --target $addr --conns $STREAM_CONNS --chunk 65536 --duration $secs --json" ;;
     http) echo "wrk -t1 -c$CONNS -d${secs}s --latency http://$addr/" ;;
     http-p16) echo "wrk -t1 -c$CONNS -d${secs}s --latency -s $bench/pipeline.lua http://$addr/ -- 16" ;;
     resp-p1 | resp-p16)
@@ -199,7 +226,7 @@ client_cmd() {
       echo "redis-benchmark -h ${addr%:*} -p ${addr##*:} -t ping,set,get -c $CONNS -n $n -P $p --csv" ;;
   esac
 }
-tool_of() { case $1 in echo-*) echo load ;; http*) echo wrk ;; resp-*) echo redis ;; esac; }
+tool_of() { case $1 in echo-* | bulk-*) echo load ;; stream) echo stream ;; http*) echo wrk ;; resp-*) echo redis ;; esac; }
 
 # run_case KIND ROUND WORKLOAD SERVER -> appends a row to runs.csv
 #   KIND=measure: DURATION seconds, no tracing
@@ -256,14 +283,32 @@ LABEL = {
     "http-p16": "HTTP hello, pipelined 16",
     "resp-p1": "RESP ping/set/get, -P 1",
     "resp-p16": "RESP ping/set/get, -P 16",
+    "bulk-64k": "echo 64 KiB, depth 1 (MB)",
+    "bulk-1m": "echo 1 MiB, depth 1 (MB)",
+    "stream": "one-way stream to discard (MB)",
 }
-SHORT = {"netloop-echo": "netloop", "netloop-http": "netloop", "netloop-kv": "netloop"}
+# Bulk rows count megabytes (10^6 bytes of payload: each echoed message once,
+# the stream's bytes sent) where the others count operations.
+MB_WORKLOADS = {"bulk-64k", "bulk-1m", "stream"}
+SHORT = {"netloop-echo": "netloop", "netloop-http": "netloop", "netloop-kv": "netloop", "netloop-discard": "netloop"}
 
 def parse_load(text):
     j = json.loads(text.strip().splitlines()[-1])
     lat = j.get("latency_us", {})
     return dict(ops=j["messages"], ops_s=j["msgs_per_s"], errors=j.get("errors", 0),
                 p50_us=lat.get("p50"), p90_us=lat.get("p90"), p99_us=lat.get("p99"), p999_us=lat.get("p999"))
+
+def parse_load_bulk(text):
+    """A bulk echo run in megabytes: `bytes_per_s` counts each echoed message once."""
+    j = json.loads(text.strip().splitlines()[-1])
+    r = parse_load(text)
+    r.update(ops=j["bytes_per_s"] * j["elapsed_s"] / 1e6, ops_s=j["bytes_per_s"] / 1e6)
+    return r
+
+def parse_stream(text):
+    j = json.loads(text.strip().splitlines()[-1])
+    return dict(ops=j["bytes_sent"] / 1e6, ops_s=j["sent_per_s"] / 1e6, errors=j.get("errors", 0),
+                p50_us=None, p90_us=None, p99_us=None, p999_us=None)
 
 def wrk_time_us(s):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", s)
@@ -325,7 +370,9 @@ def record(a):
             raise ValueError(a.failed)
         text = open(a.client).read()
         if a.tool == "load":
-            r = parse_load(text)
+            r = parse_load_bulk(text) if a.workload in MB_WORKLOADS else parse_load(text)
+        elif a.tool == "stream":
+            r = parse_stream(text)
         elif a.tool == "wrk":
             r = parse_wrk(text)
             if a.workload != "http":
@@ -451,6 +498,9 @@ def report(a):
     p("- **latency**: `netloop load` per message (µs); wrk `--latency` without pipelining; none for pipelined "
       "HTTP, where wrk records one latency per batch of 16 (when the last response arrives) and prints "
       "broken percentiles (0.00us from p75 up); redis-benchmark: the worst of the four tests' p50 and p99.")
+    p("- **MB** (bulk rows): megabytes (10^6 bytes) of payload, each echoed message counted once (`bytes_per_s` "
+      "of `netloop load echo`), or the bytes sent by `netloop load stream` to a server started with `--discard` "
+      "(it reads and drops). MB per CPU-s is the same ratio as ops per CPU-s, in bytes.")
     p("- Kernel work done outside the server's process context (softirq delivery on the loopback device, "
       "which may run on the client's CPU) is not in the server CPU figures.")
     p("- wrk counts every response of a pipelined batch as one request (its parser completes each), so the "
@@ -483,7 +533,8 @@ def report(a):
         resp = w.startswith("resp")
         p(f"### {LABEL.get(w, w)}")
         p("")
-        p("| server | ops/s | server CPU | ops per CPU-s | netloop ÷ this | p50 µs | p99 µs | syscalls/op | runs ok |")
+        unit = "MB" if w in MB_WORKLOADS else "ops"
+        p(f"| server | {unit}/s | server CPU | {unit} per CPU-s | netloop ÷ this | p50 µs | p99 µs | syscalls/{unit.rstrip('s')} | runs ok |")
         p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             util = f"{r['cpu_util'] * 100:.0f} %" if r["cpu_util"] is not None else "—"
@@ -515,6 +566,33 @@ def report(a):
             p(f"| {r['server']} | {r['proto']} | {r['rss_before_kib'] / 1024:.1f} | {r['rss_kib'] / 1024:.1f} "
               f"| {r['per_conn_bytes']:,} | {r['open_after']:,} |")
         p("")
+    profile = [json.loads(l) for l in open(a.profile)] if a.profile and os.path.exists(a.profile) else []
+    if profile:
+        p("## Where the CPU goes: depth-16 echo")
+        p("")
+        p(f"`perf record -e cpu-clock -g -p PID -- sleep {meta['profile_duration']}` on the server while the "
+          "echo-d16 client runs (one run per server, after the rounds), then `perf report --no-children "
+          "--sort dso -g none` (shares of all samples) and `--sort dso,sym` for the top user-space entries. "
+          "User space is every sample outside the kernel.")
+        p("")
+        p("| server | kernel | own binary | libc | vDSO | other | user space |")
+        p("|---|---:|---:|---:|---:|---:|---:|")
+        for r in profile:
+            d = dict(r["dsos"])
+            kernel = d.pop("[kernel.kallsyms]", 0.0)
+            binary = r["server"].replace("netloop-echo", "netloop")
+            own = sum(v for k, v in d.items() if k == binary)
+            libc = sum(v for k, v in d.items() if k.startswith("libc"))
+            vdso = d.get("[vdso]", 0.0)
+            other = sum(d.values()) - own - libc - vdso
+            p(f"| {SHORT.get(r['server'], r['server'])} | {kernel:.2f} % | {own:.2f} % | {libc:.2f} % | {vdso:.2f} % "
+              f"| {other:.2f} % | **{sum(d.values()):.2f} %** |")
+        p("")
+        for r in profile:
+            if r["top"]:
+                top = ", ".join(f"`{sym}` {pct:.2f}" for pct, _, sym in r["top"])
+                p(f"- top user-space entries, {SHORT.get(r['server'], r['server'])}: {top}")
+        p("")
     # Keep the section bench/proxy.sh writes (from its begin marker to the end of the file, so the
     # notes written after it too), which this run does not measure.
     begin = "<!-- proxy.sh: begin -->"
@@ -534,7 +612,7 @@ r.add_argument("--ticks", type=int, default=0)
 r.add_argument("--hz", type=int, default=100)
 r.add_argument("--wall", type=float, default=None)
 rp = sub.add_parser("report")
-for k in ["runs", "meta", "idle", "csv", "md"]:
+for k in ["runs", "meta", "idle", "profile", "csv", "md"]:
     rp.add_argument("--" + k, default=None)
 a = ap.parse_args()
 record(a) if a.cmd == "record" else report(a)
@@ -566,6 +644,49 @@ if [ "$SYSCALL_TOOL" != none ]; then
     for s in $(servers_of "$w"); do
       run_case syscalls 1 "$w" "$s"
     done
+  done
+fi
+
+# ---------------------------------------------------------------- profile
+# Where a server's CPU goes on depth-16 echo: perf samples (cpu-clock, so it
+# works in a VM without hardware counters) of the server process while the
+# echo-d16 client runs, split by DSO (kernel, the server's own binary, libc,
+# vDSO) and the top user-space symbols.
+: >"$tmp/profile.jsonl"
+PROFILE_SERVERS="netloop-echo mio-echo tokio-echo"
+profile_server() { # server -> a JSON line in profile.jsonl
+  local s=$1 data="$tmp/perf-$1.data" cpid
+  start_server "$s" || return 1
+  # shellcheck disable=SC2046
+  taskset -c $CLIENT_CPU $(client_cmd echo-d16 "$SADDR" $((PROFILE_DURATION + 2))) >"$tmp/client.out" 2>"$tmp/client.err" &
+  cpid=$!
+  sleep 1
+  taskset -c $CLIENT_CPU perf record -e cpu-clock -g -p "$SPID" -o "$data" -- sleep "$PROFILE_DURATION" >/dev/null 2>&1 || true
+  wait "$cpid" || true
+  stop_server
+  perf report -i "$data" --no-children --sort dso -g none --stdio 2>/dev/null >"$tmp/dso.txt" || return 1
+  perf report -i "$data" --no-children --sort dso,sym -g none --stdio 2>/dev/null >"$tmp/sym.txt" || return 1
+  python3 - "$s" "$tmp/dso.txt" "$tmp/sym.txt" >>"$tmp/profile.jsonl" <<'PY'
+import json, re, sys
+server, dso_txt, sym_txt = sys.argv[1:4]
+line = re.compile(r"^\s*([\d.]+)%\s+(\S+)(?:\s+\[[.k]\]\s+(.*\S))?\s*$")
+dsos = {}
+for l in open(dso_txt):
+    m = line.match(l)
+    if m and not l.startswith("#"):
+        dsos[m.group(2)] = float(m.group(1))
+top = []
+for l in open(sym_txt):
+    m = line.match(l)
+    if m and not l.startswith("#") and m.group(2) != "[kernel.kallsyms]" and m.group(3):
+        top.append([float(m.group(1)), m.group(2), m.group(3)])
+print(json.dumps(dict(server=server, dsos=dsos, top=top[:8])))
+PY
+}
+if [ "$SKIP_PROFILE" != 1 ] && [ "$SYSCALL_TOOL" = perf ]; then
+  log "profile pass: perf record, depth-16 echo, ${PROFILE_DURATION}s per server"
+  for s in $PROFILE_SERVERS; do
+    profile_server "$s" || log "profile of $s failed"
   done
 fi
 
@@ -623,14 +744,14 @@ meta = dict(
     wrk="$(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')",
     perf="$(perf version 2>/dev/null || echo none) (syscall counter: $SYSCALL_TOOL)",
     rustc="$(rustc --version 2>/dev/null || echo unknown)",
-    rounds=$ROUNDS, duration=$DURATION, syscall_duration=$SYSCALL_DURATION, hz=$HZ,
+    rounds=$ROUNDS, duration=$DURATION, syscall_duration=$SYSCALL_DURATION, hz=$HZ, profile_duration=$PROFILE_DURATION,
     server_cpu=$SERVER_CPU, client_cpu=$CLIENT_CPU, syscall_tool="$SYSCALL_TOOL",
     commands=sys.argv[2:],
 )
 json.dump(meta, open(sys.argv[1], "w"))
 PY
 cp "$tmp/runs.csv" "$bench/results-runs.csv"
-python3 "$tmp/bench.py" report --runs "$tmp/runs.csv" --meta "$tmp/meta.json" --idle "$tmp/idle.jsonl" \
+python3 "$tmp/bench.py" report --runs "$tmp/runs.csv" --meta "$tmp/meta.json" --idle "$tmp/idle.jsonl" --profile "$tmp/profile.jsonl" \
   --csv "$bench/results.csv" --md "$bench/RESULTS.md"
 "$PEERS/chart" "$bench/results.csv" "$bench/results.svg" \
   "ops per server CPU-second, median of $ROUNDS round(s) x ${DURATION}s (one server thread)"

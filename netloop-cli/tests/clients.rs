@@ -81,6 +81,30 @@ fn curl_posting_4_kib_gets_100_continue_without_waiting() {
 }
 
 #[test]
+fn curl_fetches_the_large_body_whole_beside_hello() {
+    const SIZE: usize = 3 * 1024 * 1024 + 7;
+    let size = SIZE.to_string();
+    let server = start(&["http", "--threads", "1", "--large-body", &size]);
+    // Twice on one connection, then hello: the large response must end
+    // where its length says, or the next response would be misread.
+    let out = tool(
+        "curl",
+        &[
+            "-s",
+            &server.url("/large"),
+            &server.url("/large"),
+            &server.url("/"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body: Vec<u8> = (0..SIZE).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut expected = body.clone();
+    expected.extend_from_slice(&body);
+    expected.extend_from_slice(b"Hello, World!");
+    assert!(out.stdout == expected, "got {} bytes", out.stdout.len());
+}
+
+#[test]
 fn wrk_short_run_has_no_errors() {
     let server = start(&["http", "--threads", "1"]);
     let out = tool("wrk", &["-t1", "-c32", "-d2s", &server.url("/")]);

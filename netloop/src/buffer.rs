@@ -268,6 +268,32 @@ mod tests {
         assert!(input.is_empty());
     }
 
+    #[test]
+    fn bulk_buffers_are_reused_and_only_a_few_kept() {
+        let mut pool = BufferPool::new(1024, 64);
+        let bulk = pool.bulk();
+        let taken: Vec<_> = (0..8).map(|_| pool.take(bulk)).collect();
+        assert!(taken.iter().all(|b| b.capacity() >= bulk));
+        for storage in taken {
+            pool.give(storage);
+        }
+        // A burst of eight streams leaves two spares, not eight.
+        assert_eq!(pool.spare_bytes(), BULK_SPARES * bulk);
+        let again = pool.take(bulk);
+        assert_eq!(
+            pool.spare_bytes(),
+            (BULK_SPARES - 1) * bulk,
+            "a spare was reused"
+        );
+        // A standard read does not take a bulk buffer.
+        let small = pool.take(100);
+        assert_eq!(small.capacity(), 1024);
+        assert_eq!(pool.spare_bytes(), (BULK_SPARES - 1) * bulk);
+        pool.give(again);
+        pool.give(small);
+        assert_eq!(pool.spare_bytes(), BULK_SPARES * bulk + 1024);
+    }
+
     proptest! {
         #[test]
         fn behaves_like_a_byte_queue(ops in proptest::collection::vec((any::<bool>(), 0usize..3000), 1..60)) {
