@@ -20,20 +20,14 @@ impl<H: Handler> EventLoop<H> {
             conn.hangup_seen |= hangup;
         }
         let mut total = 0usize;
-        let mut bulk = false;
         while self.core.conns.get(id).is_some_and(Connection::may_read) {
             let (conns, mut io) = self.core.io_context();
             let Some(conn) = conns.get_mut(id) else {
                 return;
             };
-            match conn.read_once(&mut io, bulk) {
-                ReadOutcome::Data {
-                    bytes,
-                    drained,
-                    filled,
-                } => {
+            match conn.read_once(&mut io) {
+                ReadOutcome::Data { bytes, drained } => {
                     total += bytes;
-                    bulk = filled;
                     self.deliver_input(id);
                     self.write_through(id);
                     if drained {
