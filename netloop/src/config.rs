@@ -61,8 +61,10 @@ pub struct Config {
     /// Edge- or level-triggered registration.
     pub trigger: Trigger,
     /// Bytes read from one connection per readiness before others get a
-    /// turn; the rest is read in the posted stage of the same turn.
-    /// Default 64 KiB, one bulk read: a stream beside many small
+    /// turn; the posted stage at the end of the turn reads up to as much
+    /// again, and what is left waits for the next turn.
+    /// Default 64 KiB, one bulk read (with the default `buffer_size`,
+    /// 16 KiB, a bulk buffer is 64 KiB): a stream beside many small
     /// request/response clients then holds the loop for one read and its
     /// echo or relay per turn, which kept the small clients' p99 within
     /// 1.2× of their p99 alone (256 KiB let it reach 2.5×) at no

@@ -157,6 +157,9 @@ impl ReadHolds {
 pub(crate) struct Listed {
     pub(crate) flush: bool,
     pub(crate) posted: bool,
+    /// In the loop's drained list: its handler hears `on_drained` once,
+    /// however often it drained before the notice.
+    pub(crate) drained: bool,
 }
 
 /// A connection in its pool slot.
@@ -295,7 +298,11 @@ impl<S> Connection<S> {
         let read = self
             .input
             .read_from(self.fd.as_raw_fd(), min_room, io.buffers);
-        self.streaming = matches!(read, Ok((n, _)) if n >= io.buffers.chunk());
+        if let Ok((n, _)) = read
+            && n > 0
+        {
+            self.streaming = n >= io.buffers.chunk();
+        }
         match read {
             Ok((0, _)) => {
                 self.input.release_if_empty(io.buffers);

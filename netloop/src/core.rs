@@ -52,8 +52,9 @@ pub(crate) struct Core<S> {
     pub(crate) stats: Stats,
     pub(crate) flush_list: TurnList,
     pub(crate) posted: TurnList,
-    /// Connections whose output fell back to the low-water mark this turn:
-    /// their handler hears `on_drained`.
+    /// Connections whose output fell back to the low-water mark, each
+    /// once: their handler hears `on_drained` at the end of this turn (or
+    /// of the next, for a drain during the delivery of this turn's).
     pub(crate) drained: Vec<ConnId>,
     pub(crate) close_requests: Vec<CloseRequest>,
     pub(crate) listeners: Listeners,
@@ -240,14 +241,19 @@ impl<S> Core<S> {
     }
 
     /// After a flush left `id` with at most the low-water mark queued: no
-    /// longer full; its handler hears `on_drained` this turn.
+    /// longer full; its handler hears `on_drained` at the end of this turn,
+    /// or of the next one when it drained while the notices of this turn
+    /// were being delivered.
     pub(crate) fn output_drained(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.output_level == OutputLevel::Full && conn.output.len() <= conn.water.low {
             conn.output_level = OutputLevel::Normal;
-            self.drained.push(id);
+            if !conn.listed.drained {
+                conn.listed.drained = true;
+                self.drained.push(id);
+            }
             self.release_reading(id, Hold::OutputFull);
         }
     }

@@ -3,7 +3,9 @@
 //! bookkeeping that follows every callback (limits, backpressure, FIN).
 
 use crate::close_reason::CloseReason;
-use crate::connection::{AfterEof, Connection, Phase, ReadOutcome, ReadSide, WriteOutcome};
+use crate::connection::{
+    AfterEof, Connection, OutputLevel, Phase, ReadOutcome, ReadSide, WriteOutcome,
+};
 use crate::core::CloseMode;
 use crate::event_loop::EventLoop;
 use crate::handler::Handler;
@@ -196,18 +198,20 @@ impl<H: Handler> EventLoop<H> {
     /// handler that refills its output on every drain would otherwise keep
     /// one turn going for as long as the kernel takes its bytes, and no
     /// other connection, timer or stop request would be served meanwhile.
+    /// (A one-shot worker keeps such a connection checked out until then.)
+    /// One that filled up again before its notice is not told: it will
+    /// drain again, and be told then.
     pub(crate) fn notify_drained(&mut self) {
         if self.core.drained.is_empty() {
             return;
         }
         let drained = std::mem::take(&mut self.core.drained);
         for &id in &drained {
-            if self
-                .core
-                .conns
-                .get(id)
-                .is_some_and(|c| c.phase == Phase::Open)
-            {
+            let Some(conn) = self.core.conns.get_mut(id) else {
+                continue;
+            };
+            conn.listed.drained = false;
+            if conn.phase == Phase::Open && conn.output_level == OutputLevel::Normal {
                 self.call(id, |handler, conn| handler.on_drained(conn));
             }
         }

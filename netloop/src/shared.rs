@@ -419,6 +419,12 @@ impl<S> Checkout<S> {
                 kept.push(out);
                 continue;
             }
+            if out.conn.listed.drained {
+                // Its drain notice waits for this worker's next turn, which
+                // finds it only among the connections the worker holds.
+                kept.push(out);
+                continue;
+            }
             let fd = out.conn.fd.as_raw_fd();
             let token = out.id.to_u64();
             // Waiting for nothing (reading held, nothing to write), it stays

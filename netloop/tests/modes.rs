@@ -21,6 +21,7 @@ use netloop::{
 };
 use socket2::{Domain, Socket, Type};
 use support::Rng;
+use support::stream::{fill, first_wrong};
 
 const THREADS: usize = 2;
 
@@ -69,6 +70,7 @@ in_every_mode!(
     user_timers_fire_and_a_cancelled_one_never_does,
     handler_panic_costs_its_connection_only,
     a_dead_loop_stops_the_whole_server,
+    a_handler_refilling_on_every_drain_streams_to_the_end,
 );
 
 static ONESHOT_ALONE: Mutex<()> = Mutex::new(());
@@ -866,4 +868,73 @@ fn a_dead_loop_stops_the_whole_server(mode: Mode) {
             );
         }
     }
+}
+
+// ------------------------------------------------------------- drain refill
+
+/// Streams `REFILL_TOTAL` bytes of stream 0 to every client, refilling its
+/// output on every drain notice (a file server's way), then sends FIN.
+struct Refill;
+
+/// Bytes queued so far on a connection.
+#[derive(Default)]
+struct Queued(usize);
+
+const REFILL_TOTAL: usize = 32 << 20;
+const REFILL_CHUNK: usize = 64 * 1024;
+
+impl Refill {
+    fn fill(conn: &mut Conn<'_, Queued>) {
+        let mut chunk = vec![0u8; REFILL_CHUNK];
+        while !conn.is_full() {
+            let at = conn.state().0;
+            let n = REFILL_CHUNK.min(REFILL_TOTAL - at);
+            if n == 0 {
+                return;
+            }
+            fill(0, at, &mut chunk[..n]);
+            conn.write(&chunk[..n]);
+            conn.state().0 = at + n;
+            if at + n == REFILL_TOTAL {
+                conn.shutdown();
+            }
+        }
+    }
+}
+
+impl Handler for Refill {
+    type State = Queued;
+
+    fn on_open(&mut self, conn: &mut Conn<'_, Queued>) {
+        // Small marks, so the stream runs on drain notices alone.
+        conn.set_water_marks(256 * 1024, 64 * 1024);
+        Self::fill(conn);
+    }
+
+    fn on_data(&mut self, conn: &mut Conn<'_, Queued>) {
+        let n = conn.input().len();
+        conn.consume(n);
+    }
+
+    fn on_drained(&mut self, conn: &mut Conn<'_, Queued>) {
+        Self::fill(conn);
+    }
+}
+
+/// A drain that happens while the turn's drain notices are delivered is
+/// told in the next turn; a lost notice stalls the stream for good (the
+/// handler writes only when told). In the one-shot mode the worker must
+/// keep the connection until that turn.
+fn a_handler_refilling_on_every_drain_streams_to_the_end(mode: Mode) {
+    let server = start(mode, quick(), |_| Refill);
+    let mut c = client(server.local_addr());
+    let (got, ending) = read_until_closed(&mut c, LIMIT);
+    assert_eq!(
+        got.len(),
+        REFILL_TOTAL,
+        "{mode:?}: bytes streamed before the stream ended ({ending:?})"
+    );
+    assert_eq!(first_wrong(0, 0, &got), None, "{mode:?}: wrong byte");
+    assert_eq!(ending, Ending::Eof, "{mode:?}: how the stream ended");
+    stop_and_total(server, mode);
 }
