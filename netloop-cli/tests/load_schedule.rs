@@ -8,11 +8,21 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener};
 use std::process::{Command, Output};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Duration;
 
 use support::Server;
+
+/// The tests of this file run one at a time: the schedule test measures
+/// the client's timing, which the others' processes would disturb.
+static ALONE: Mutex<()> = Mutex::new(());
+
+fn alone() -> MutexGuard<'static, ()> {
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn load(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_netloop"))
@@ -48,15 +58,31 @@ fn top_field(json: &str, key: &str) -> f64 {
 
 #[test]
 fn open_loop_sends_are_spread_on_schedule_not_bunched_per_millisecond() {
+    let _alone = alone();
     let server = Server::start(&[], &["echo", "--addr", "127.0.0.1:0"]);
     let addr = server.addr.to_string();
+    // A loop that can only sleep whole milliseconds fails every attempt;
+    // one on time may still be preempted on a shared machine, so it gets
+    // three.
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match schedule_miss(&addr) {
+            None => return,
+            Some(why) => failures.push(why),
+        }
+    }
+    panic!("every attempt missed the schedule: {failures:#?}");
+}
+
+/// One second of open-loop load; why its schedule was missed, if it was.
+fn schedule_miss(addr: &str) -> Option<String> {
     // 20,000 req/s on one connection: one send every 50 µs. A loop that
     // can only sleep whole milliseconds sends them in bursts of about 20,
     // back to back (gaps of a microsecond or two) and up to 1 ms late.
     let out = load(&[
         "echo",
         "--target",
-        &addr,
+        addr,
         "--conns",
         "1",
         "--rate",
@@ -70,14 +96,17 @@ fn open_loop_sends_are_spread_on_schedule_not_bunched_per_millisecond() {
     assert_eq!(top_field(&json, "errors"), 0.0, "{json}");
     let gap_p50 = field(&json, "send_gap_us", "p50");
     let late_p50 = field(&json, "lateness_us", "p50");
-    assert!(
-        gap_p50 >= 25.0,
-        "half the sends follow the one before within half an interval: bunched ({json})"
-    );
-    assert!(
-        late_p50 < 250.0,
-        "the median send is more than five intervals late ({json})"
-    );
+    if gap_p50 < 25.0 {
+        return Some(format!(
+            "half the sends follow the one before within half an interval: bunched ({json})"
+        ));
+    }
+    if late_p50 >= 250.0 {
+        return Some(format!(
+            "the median send is more than five intervals late ({json})"
+        ));
+    }
+    None
 }
 
 /// Accepts on 127.0.0.1 and echoes on every connection; reports the
@@ -108,6 +137,7 @@ fn echo_listener() -> (String, mpsc::Receiver<IpAddr>) {
 
 #[test]
 fn connections_come_from_the_sources_in_turn_and_idle_ones_are_opened_too() {
+    let _alone = alone();
     let (addr, accepted) = echo_listener();
     let out = load(&[
         "echo",
@@ -139,6 +169,7 @@ fn connections_come_from_the_sources_in_turn_and_idle_ones_are_opened_too() {
 
 #[test]
 fn sources_outside_loopback_are_refused() {
+    let _alone = alone();
     let out = load(&[
         "echo",
         "--target",

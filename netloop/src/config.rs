@@ -81,6 +81,7 @@ pub struct Config {
     /// to `low_water`; then [`Handler::on_drained`](crate::Handler::on_drained)
     /// is called. A connection can have its own marks instead
     /// ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
+    /// At most 4 GiB - 1 counts (a connection keeps its marks in 32 bits).
     pub high_water: usize,
     /// See `high_water`.
     pub low_water: usize,

@@ -13,7 +13,7 @@
 //! release never undoes the other's.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::OnceLock;
 
@@ -110,10 +110,59 @@ pub(crate) enum OutputLevel {
 /// The output levels at which a connection becomes full and drained
 /// again: `Config::high_water` and `Config::low_water` unless the handler
 /// set its own ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
+/// The peer's address as a pool slot keeps it: an IPv4 address inline, an
+/// IPv6 one (28 bytes with its flow and scope) out of line, so every slot
+/// spends 16 bytes here instead of 32.
+#[derive(Debug)]
+pub(crate) enum PeerAddr {
+    Unknown,
+    V4(SocketAddrV4),
+    V6(Box<SocketAddrV6>),
+}
+
+impl PeerAddr {
+    pub(crate) fn new(addr: Option<SocketAddr>) -> Self {
+        match addr {
+            None => PeerAddr::Unknown,
+            Some(SocketAddr::V4(v4)) => PeerAddr::V4(v4),
+            Some(SocketAddr::V6(v6)) => PeerAddr::V6(Box::new(v6)),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<SocketAddr> {
+        match self {
+            PeerAddr::Unknown => None,
+            PeerAddr::V4(v4) => Some(SocketAddr::V4(*v4)),
+            PeerAddr::V6(v6) => Some(SocketAddr::V6(**v6)),
+        }
+    }
+}
+
+/// 32 bits a mark (at most 4 GiB - 1): every pool slot holds a pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WaterMarks {
-    pub(crate) high: usize,
-    pub(crate) low: usize,
+    high: u32,
+    low: u32,
+}
+
+impl WaterMarks {
+    /// Marks at `high` and `low` bytes, `low` at most `high`; larger marks
+    /// are capped at 4 GiB - 1.
+    pub(crate) fn new(high: usize, low: usize) -> Self {
+        let cap = |bytes: usize| u32::try_from(bytes).unwrap_or(u32::MAX);
+        Self {
+            high: cap(high),
+            low: cap(low.min(high)),
+        }
+    }
+
+    pub(crate) fn high(self) -> usize {
+        self.high as usize
+    }
+
+    pub(crate) fn low(self) -> usize {
+        self.low as usize
+    }
 }
 
 /// A reason to hold reading off.
@@ -168,7 +217,7 @@ pub(crate) struct Connection<S> {
     pub(crate) input: Buffer,
     pub(crate) output: Buffer,
     pub(crate) state: S,
-    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) peer: PeerAddr,
     pub(crate) origin: Origin,
     pub(crate) phase: Phase,
     pub(crate) read: ReadSide,
@@ -232,7 +281,7 @@ impl<S> Connection<S> {
             input: Buffer::new(),
             output: Buffer::new(),
             state,
-            peer,
+            peer: PeerAddr::new(peer),
             origin,
             phase: Phase::Open,
             read: ReadSide::Open,
@@ -383,4 +432,38 @@ pub(crate) struct IoContext<'a> {
     pub(crate) rereported: bool,
     /// The kernel reports `EPOLLRDHUP`.
     pub(crate) rdhup: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection a loop may hold costs a slot, whether it is open or
+    /// not: an idle connection's user-space cost is mostly this.
+    #[test]
+    fn a_pool_slot_stays_small() {
+        let size = std::mem::size_of::<Connection<()>>();
+        assert!(size <= 192, "Connection<()> is {size} bytes");
+    }
+
+    #[test]
+    fn peer_addresses_come_back_as_they_went_in() {
+        for addr in ["127.0.0.1:80", "[fe80::1%2]:443", "[::1]:7000"] {
+            let addr: SocketAddr = addr.parse().expect("address");
+            assert_eq!(PeerAddr::new(Some(addr)).get(), Some(addr));
+        }
+        assert_eq!(PeerAddr::new(None).get(), None);
+        assert_eq!(std::mem::size_of::<PeerAddr>(), 16);
+    }
+
+    #[test]
+    fn water_marks_keep_low_under_high_and_cap_at_32_bits() {
+        let marks = WaterMarks::new(1024, 4096);
+        assert_eq!((marks.high(), marks.low()), (1024, 1024));
+        let huge = WaterMarks::new(usize::MAX, 1 << 40);
+        assert_eq!(
+            (huge.high(), huge.low()),
+            (u32::MAX as usize, u32::MAX as usize)
+        );
+    }
 }

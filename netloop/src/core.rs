@@ -232,7 +232,7 @@ impl<S> Core<S> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.output_level == OutputLevel::Normal && conn.output.len() > conn.water.high {
+        if conn.output_level == OutputLevel::Normal && conn.output.len() > conn.water.high() {
             conn.output_level = OutputLevel::Full;
             if self.config.pause_when_full {
                 self.hold_reading(id, Hold::OutputFull);
@@ -248,7 +248,7 @@ impl<S> Core<S> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.output_level == OutputLevel::Full && conn.output.len() <= conn.water.low {
+        if conn.output_level == OutputLevel::Full && conn.output.len() <= conn.water.low() {
             conn.output_level = OutputLevel::Normal;
             if !conn.listed.drained {
                 conn.listed.drained = true;
@@ -269,10 +269,7 @@ impl<S> Core<S> {
 
     /// The config's water marks, which every connection starts with.
     pub(crate) fn default_water_marks(&self) -> WaterMarks {
-        WaterMarks {
-            high: self.config.high_water,
-            low: self.config.low_water.min(self.config.high_water),
-        }
+        WaterMarks::new(self.config.high_water, self.config.low_water)
     }
 
     /// Gives `id` its own water marks, and re-checks its level against them.
@@ -280,13 +277,10 @@ impl<S> Core<S> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        conn.water = WaterMarks {
-            high,
-            low: low.min(high),
-        };
+        conn.water = WaterMarks::new(high, low);
         let len = conn.output.len();
         match conn.output_level {
-            OutputLevel::Normal if len > high => self.output_grew(id),
+            OutputLevel::Normal if len > conn.water.high() => self.output_grew(id),
             OutputLevel::Full => self.output_drained(id),
             OutputLevel::Normal => {}
         }

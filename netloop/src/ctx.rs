@@ -151,7 +151,7 @@ impl<'a, S> ConnRef<'a, S> {
 
     /// The peer's address, when the kernel reported one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.slot().and_then(|c| c.peer)
+        self.slot().and_then(|c| c.peer.get())
     }
 
     /// Whether this connection was made by [`Ctx::connect`] rather than accepted.
@@ -192,7 +192,8 @@ impl<'a, S> ConnRef<'a, S> {
     /// [`Config::low_water`](crate::Config::low_water): it is
     /// [full](Self::is_full) once more than `high` bytes are queued, and
     /// [`Handler::on_drained`](crate::Handler::on_drained) is called once it
-    /// is back at `low` (at most `high`). A request/response server sets a
+    /// is back at `low` (at most `high`; marks above 4 GiB - 1 count as
+    /// 4 GiB - 1, as do the config's). A request/response server sets a
     /// small bound here, so that a client pipelining requests it never
     /// reads the answers to costs little memory, without the loop-wide
     /// default a bulk sender needs.

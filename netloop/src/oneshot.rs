@@ -26,7 +26,7 @@ use crate::registration::Registration;
 use crate::shared::{Checkout, SharedSlab};
 use crate::slots::Slots;
 use crate::sys::epoll::{EDGE, Epoll, ONESHOT, READABLE};
-use crate::timer::{CancelBoxes, Timers};
+use crate::timer::{CancelBoxes, MAX_WHEELS, Timers};
 use crate::token::{ConnId, EXIT_INDEX, WAKER_INDEX};
 use crate::waker::Mailbox;
 
@@ -82,7 +82,10 @@ impl<S> Pool<S> {
             slots: Slots::Shared(Checkout::new(Arc::clone(&self.slab))),
             occupants: Arc::clone(&self.occupants),
             mailbox: Arc::clone(&self.mailbox),
-            timers: Timers::of_worker(index as u32, Arc::clone(&self.cancel_boxes)),
+            timers: Timers::of_worker(
+                u16::try_from(index).unwrap_or(u16::MAX),
+                Arc::clone(&self.cancel_boxes),
+            ),
             clock_origin: self.clock_origin,
         }
     }
@@ -107,6 +110,8 @@ where
     H::State: Send + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
 {
+    // Timer ids name their worker in 16 bits.
+    let threads = threads.min(MAX_WHEELS);
     let pool = Arc::new(Pool::<H::State>::new(listeners, config, threads)?);
     // One event per wait: a worker takes one ready connection, serves it and
     // hands it back before it takes another, so a slow handler holds up its

@@ -19,10 +19,8 @@ use crate::sys::eventfd::EventFd;
 use crate::timer::{TimerId, TimerKind};
 use crate::token::{ConnId, RESERVED_INDEX_BASE};
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a slot holds its connection inline: boxing it would allocate on every park"
-)]
+/// A slot holds its connection inline: boxing it would allocate on every
+/// park.
 enum Held<S> {
     Free,
     /// Waiting for its next event, registered with epoll.

@@ -20,32 +20,44 @@
 //! connection another worker is serving is left for that worker to run.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::token::ConnId;
 
 /// Names one armed timer. Cancelling a timer that already fired or was
-/// cancelled is a no-op: the sequence number is never reused.
+/// cancelled is a no-op: ids are not reused (the sequence number of a
+/// process's timers would take 2^48 timers to wrap, and even then would
+/// have to meet an armed timer with the same deadline to the nanosecond).
+///
+/// 16 bytes, and `Option<TimerId>` too: a connection keeps a few of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimerId {
     deadline_ns: u64,
-    sequence: u64,
-    /// The one-shot worker whose timers hold it (0 for a loop of its own).
-    wheel: u32,
+    /// The sequence number in the high 48 bits, the one-shot worker whose
+    /// timers hold it in the low 16 (0 for a loop of its own). Never zero.
+    serial: NonZeroU64,
 }
 
 impl TimerId {
     /// An id no timer ever has: cancelling it is a no-op.
     pub(crate) const UNARMED: TimerId = TimerId {
         deadline_ns: u64::MAX,
-        sequence: u64::MAX,
-        wheel: u32::MAX,
+        serial: NonZeroU64::MAX,
     };
+
+    /// The one-shot worker whose timers hold it.
+    fn wheel(self) -> u16 {
+        (self.serial.get() & u64::from(u16::MAX)) as u16
+    }
 }
 
-/// Sequence numbers for every timer of the process.
-static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+/// The most one-shot workers whose timer ids stay apart.
+pub(crate) const MAX_WHEELS: usize = 1 << 16;
+
+/// Sequence numbers for every timer of the process, from 1.
+static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
 
 /// What a timer does when it expires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,14 +109,14 @@ pub(crate) struct Timers {
     armed: BTreeMap<TimerId, TimerKind>,
     /// Idle checks by bucket: bucket `b` is due at `b * IDLE_GRAIN_NS`.
     idle: BTreeMap<u64, Vec<ConnId>>,
-    wheel: u32,
+    wheel: u16,
     cancel_boxes: Option<CancelBoxes>,
 }
 
 impl Timers {
     /// The timers of one-shot worker `wheel`, which shares `cancel_boxes`
     /// with the others.
-    pub(crate) fn of_worker(wheel: u32, cancel_boxes: CancelBoxes) -> Self {
+    pub(crate) fn of_worker(wheel: u16, cancel_boxes: CancelBoxes) -> Self {
         Self {
             wheel,
             cancel_boxes: Some(cancel_boxes),
@@ -114,10 +126,12 @@ impl Timers {
 
     /// Arms a timer for the loop-clock time `deadline_ns`.
     pub(crate) fn insert(&mut self, deadline_ns: u64, kind: TimerKind) -> TimerId {
+        let sequence = NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        // Past 2^48 timers the sequence wraps; zero is skipped.
+        let serial = (sequence << 16) | u64::from(self.wheel);
         let id = TimerId {
             deadline_ns,
-            sequence: NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed),
-            wheel: self.wheel,
+            serial: NonZeroU64::new(serial).unwrap_or(NonZeroU64::MIN),
         };
         self.armed.insert(id, kind);
         id
@@ -141,13 +155,13 @@ impl Timers {
     /// worker's timer cancelled by another worker is disarmed by its own
     /// worker before that one's next expiry pass (and `false` is returned).
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
-        if id.wheel == self.wheel {
+        if id.wheel() == self.wheel {
             return self.disarm(id);
         }
         let target = self
             .cancel_boxes
             .as_ref()
-            .and_then(|boxes| boxes.get(id.wheel as usize));
+            .and_then(|boxes| boxes.get(usize::from(id.wheel())));
         if let Some(cancels) = target {
             lock(cancels).push(id);
         }
@@ -164,7 +178,7 @@ impl Timers {
         let Some(boxes) = &self.cancel_boxes else {
             return;
         };
-        let Some(own) = boxes.get(self.wheel as usize) else {
+        let Some(own) = boxes.get(usize::from(self.wheel)) else {
             return;
         };
         let cancelled = std::mem::take(&mut *lock(own));
@@ -283,6 +297,26 @@ mod tests {
         assert!(
             boxes.iter().all(|b| lock(b).is_empty()),
             "nothing left behind"
+        );
+    }
+
+    #[test]
+    fn timer_ids_are_16_bytes_name_their_worker_and_keep_arming_order() {
+        assert_eq!(std::mem::size_of::<TimerId>(), 16);
+        assert_eq!(std::mem::size_of::<Option<TimerId>>(), 16);
+        let boxes: CancelBoxes = (0..3).map(|_| Mutex::new(Vec::new())).collect();
+        let mut worker = Timers::of_worker(2, boxes);
+        let first = worker.insert(7, TimerKind::AcceptResume);
+        let second = worker.insert(7, TimerKind::StopDeadline);
+        assert_eq!((first.wheel(), second.wheel()), (2, 2));
+        assert!(first < second, "same deadline: armed first, fires first");
+        assert_eq!(
+            worker.pop_expired(7),
+            Some((first, TimerKind::AcceptResume))
+        );
+        assert_eq!(
+            worker.pop_expired(7),
+            Some((second, TimerKind::StopDeadline))
         );
     }
 }
