@@ -227,6 +227,7 @@ impl<H: Handler> EventLoop<H> {
         for i in 0..events.len() {
             if let Some(event) = events.get(i) {
                 self.dispatch(event);
+                self.flush_if_many();
             }
         }
         self.events = events;
@@ -401,6 +402,7 @@ impl<H: Handler> EventLoop<H> {
         self.core.clock.refresh();
         for &event in batch {
             self.dispatch(event);
+            self.flush_if_many();
         }
         self.finish_turn();
     }
