@@ -51,7 +51,8 @@ pub struct Output<'c> {
 }
 
 impl Output<'_> {
-    /// Queues `bytes`; they are written at the end of the turn.
+    /// Queues `bytes`; they are written at the end of the turn (or of its
+    /// current batch of events).
     pub fn write(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes, self.pool);
     }

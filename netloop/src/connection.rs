@@ -107,16 +107,16 @@ pub(crate) enum OutputLevel {
     Full,
 }
 
-/// The output levels at which a connection becomes full and drained
-/// again: `Config::high_water` and `Config::low_water` unless the handler
-/// set its own ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
-/// The peer's address as a pool slot keeps it: an IPv4 address inline, an
-/// IPv6 one (28 bytes with its flow and scope) out of line, so every slot
+/// The peer's address as a pool slot keeps it: an IPv4 address inline
+/// (also when a dual-stack listener reports it IPv4-mapped), another IPv6
+/// one (28 bytes with its flow and scope) out of line, so every slot
 /// spends 16 bytes here instead of 32.
 #[derive(Debug)]
 pub(crate) enum PeerAddr {
     Unknown,
     V4(SocketAddrV4),
+    /// `::ffff:a.b.c.d`, no flow label or scope.
+    Mapped(SocketAddrV4),
     V6(Box<SocketAddrV6>),
 }
 
@@ -125,7 +125,12 @@ impl PeerAddr {
         match addr {
             None => PeerAddr::Unknown,
             Some(SocketAddr::V4(v4)) => PeerAddr::V4(v4),
-            Some(SocketAddr::V6(v6)) => PeerAddr::V6(Box::new(v6)),
+            Some(SocketAddr::V6(v6)) => match v6.ip().to_ipv4_mapped() {
+                Some(ip) if v6.flowinfo() == 0 && v6.scope_id() == 0 => {
+                    PeerAddr::Mapped(SocketAddrV4::new(ip, v6.port()))
+                }
+                _ => PeerAddr::V6(Box::new(v6)),
+            },
         }
     }
 
@@ -133,11 +138,20 @@ impl PeerAddr {
         match self {
             PeerAddr::Unknown => None,
             PeerAddr::V4(v4) => Some(SocketAddr::V4(*v4)),
+            PeerAddr::Mapped(v4) => Some(SocketAddr::V6(SocketAddrV6::new(
+                v4.ip().to_ipv6_mapped(),
+                v4.port(),
+                0,
+                0,
+            ))),
             PeerAddr::V6(v6) => Some(SocketAddr::V6(**v6)),
         }
     }
 }
 
+/// The output levels at which a connection becomes full and drained
+/// again: `Config::high_water` and `Config::low_water` unless the handler
+/// set its own ([`ConnRef::set_water_marks`](crate::ConnRef::set_water_marks)).
 /// 32 bits a mark (at most 4 GiB - 1): every pool slot holds a pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WaterMarks {
@@ -448,11 +462,21 @@ mod tests {
 
     #[test]
     fn peer_addresses_come_back_as_they_went_in() {
-        for addr in ["127.0.0.1:80", "[fe80::1%2]:443", "[::1]:7000"] {
+        for addr in [
+            "127.0.0.1:80",
+            "[fe80::1%2]:443",
+            "[::1]:7000",
+            "[::ffff:127.0.0.1]:80",
+        ] {
             let addr: SocketAddr = addr.parse().expect("address");
             assert_eq!(PeerAddr::new(Some(addr)).get(), Some(addr));
         }
         assert_eq!(PeerAddr::new(None).get(), None);
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:9".parse().expect("address");
+        assert!(
+            matches!(PeerAddr::new(Some(mapped)), PeerAddr::Mapped(_)),
+            "a dual-stack listener's IPv4 peers are kept inline"
+        );
         assert_eq!(std::mem::size_of::<PeerAddr>(), 16);
     }
 

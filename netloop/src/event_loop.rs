@@ -227,7 +227,7 @@ impl<H: Handler> EventLoop<H> {
         for i in 0..events.len() {
             if let Some(event) = events.get(i) {
                 self.dispatch(event);
-                self.flush_if_many();
+                self.flush_every_batch(i + 1);
             }
         }
         self.events = events;
@@ -400,9 +400,9 @@ impl<H: Handler> EventLoop<H> {
     pub fn dispatch_batch(&mut self, batch: &[Event]) {
         self.start_once();
         self.core.clock.refresh();
-        for &event in batch {
+        for (i, &event) in batch.iter().enumerate() {
             self.dispatch(event);
-            self.flush_if_many();
+            self.flush_every_batch(i + 1);
         }
         self.finish_turn();
     }

@@ -56,7 +56,8 @@ pub enum Mode {
 /// How to run a [`Server`].
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Event loops (threads serving connections).
+    /// Event loops (threads serving connections). The one-shot mode starts
+    /// at most 65,535 workers.
     pub threads: usize,
     /// How connections reach the loops.
     pub mode: Mode,

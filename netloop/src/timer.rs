@@ -53,8 +53,20 @@ impl TimerId {
     }
 }
 
-/// The most one-shot workers whose timer ids stay apart.
-pub(crate) const MAX_WHEELS: usize = 1 << 16;
+/// The most one-shot workers whose timer ids stay apart (the last 16-bit
+/// wheel is [`TimerId::UNARMED`]'s).
+pub(crate) const MAX_WHEELS: usize = u16::MAX as usize;
+
+/// Sequence numbers run 1 ..= 2^48 - 1, then wrap to 1.
+const SEQUENCE_SPAN: u64 = (1 << 48) - 1;
+
+/// The serial of the timer armed `sequence`-th on `wheel`: the sequence,
+/// wrapped to 48 bits and never 0, above the wheel.
+fn serial(sequence: u64, wheel: u16) -> NonZeroU64 {
+    let sequence = sequence % SEQUENCE_SPAN + 1;
+    // At least 1 << 16: never zero.
+    NonZeroU64::new((sequence << 16) | u64::from(wheel)).unwrap_or(NonZeroU64::MAX)
+}
 
 /// Sequence numbers for every timer of the process, from 1.
 static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
@@ -127,11 +139,9 @@ impl Timers {
     /// Arms a timer for the loop-clock time `deadline_ns`.
     pub(crate) fn insert(&mut self, deadline_ns: u64, kind: TimerKind) -> TimerId {
         let sequence = NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        // Past 2^48 timers the sequence wraps; zero is skipped.
-        let serial = (sequence << 16) | u64::from(self.wheel);
         let id = TimerId {
             deadline_ns,
-            serial: NonZeroU64::new(serial).unwrap_or(NonZeroU64::MIN),
+            serial: serial(sequence, self.wheel),
         };
         self.armed.insert(id, kind);
         id
@@ -318,5 +328,27 @@ mod tests {
             worker.pop_expired(7),
             Some((second, TimerKind::StopDeadline))
         );
+    }
+
+    #[test]
+    fn serials_wrap_past_48_bits_without_zero_or_losing_the_wheel() {
+        for sequence in [
+            0,
+            1,
+            SEQUENCE_SPAN - 1,
+            SEQUENCE_SPAN,
+            SEQUENCE_SPAN + 1,
+            u64::MAX,
+        ] {
+            for wheel in [0, 1, u16::MAX - 1] {
+                let id = TimerId {
+                    deadline_ns: 0,
+                    serial: serial(sequence, wheel),
+                };
+                assert_eq!(id.wheel(), wheel, "sequence {sequence}");
+                assert!(id.serial.get() >> 16 >= 1, "sequence {sequence}: zero");
+            }
+        }
+        assert!(serial(5, 0) < serial(6, 0), "later timers sort later");
     }
 }

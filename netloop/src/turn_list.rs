@@ -20,10 +20,6 @@ impl TurnList {
         self.items.is_empty()
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.items.len()
-    }
-
     /// Takes the entries so far; entries pushed meanwhile wait for the next pass.
     pub(crate) fn take(&mut self) -> Vec<ConnId> {
         let mut batch = std::mem::take(&mut self.spare);
