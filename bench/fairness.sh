@@ -148,24 +148,15 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # ---------------------------------------------------------------- report
-python3 - "$runs" "$tmp/section.md" "$ROUNDS" "$DURATION" "$LARGE" <<'PY'
-import csv, datetime, json, platform, statistics, subprocess, sys
+PYTHONPATH="$bench" python3 - "$runs" "$tmp/section.md" "$ROUNDS" "$DURATION" "$LARGE" <<'PY'
+import datetime, platform, subprocess, sys
+from report import cpu_model, fmt, load_runs, med
 runs, out, rounds, duration, large = sys.argv[1:6]
-rows = list(csv.DictReader(open(runs)))
-for r in rows:
-    try:
-        r["j"] = json.loads(r["light_json"])
-    except Exception:
-        r["j"] = {}
+rows = load_runs(runs, "light_json")
 def ok(r):
     return bool(r["j"].get("messages")) and not r["j"].get("errors") and not r["heavy_note"]
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def fmt(v, nd=0):
-    return "—" if v is None else f"{v:,.{nd}f}"
 LABEL = {"echo": "echo 64 B beside a read-back stream", "http": f"HTTP hello beside GET /large ({int(large):,} B)"}
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+cpu = cpu_model()
 nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 lines = []
 p = lines.append

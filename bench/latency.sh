@@ -144,26 +144,17 @@ for group in $GROUPS_; do
 done
 
 # ---------------------------------------------------------------- report
-python3 - "$runs" "$tmp/section.md" "$ROUNDS" "$DURATION" "$PEAK_DURATION" <<'PY'
-import csv, json, platform, statistics, subprocess, sys, datetime
+PYTHONPATH="$bench" python3 - "$runs" "$tmp/section.md" "$ROUNDS" "$DURATION" "$PEAK_DURATION" <<'PY'
+import platform, subprocess, sys, datetime
+from report import cpu_model, fmt, load_runs, med
 runs, out, rounds, duration, peak_duration = sys.argv[1:6]
-rows = list(csv.DictReader(open(runs)))
-for r in rows:
-    try:
-        r["j"] = json.loads(r["json"])
-    except Exception:
-        r["j"] = {}
+rows = load_runs(runs, "json")
 def ok(r):
     return r["j"].get("messages") and not r["j"].get("errors")
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def fmt(v, nd=0):
-    return "—" if v is None else f"{v:,.{nd}f}"
 LABEL = {"echo": "echo 64 B (netloop load echo)", "http": "HTTP hello, GET / (netloop load http)",
          "kv": "RESP SET/GET pairs (netloop load resp)"}
 PEER = {"echo": ["mio-echo", "tokio-echo"], "http": ["nginx"], "kv": ["redis-server"]}
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+cpu = cpu_model()
 kernel = platform.release()
 lines = []
 p = lines.append

@@ -203,29 +203,20 @@ if [ "$SKIP_ARMING" != 1 ]; then
 fi
 
 # ---------------------------------------------------------------- report
-python3 - "$runs" "$tmp/section.md" "$tmp/timers.txt" "$tmp/timers-stat.txt" "$ROUNDS" "$DURATION" "$N" "$ACTIVE" \
+PYTHONPATH="$bench" python3 - "$runs" "$tmp/section.md" "$tmp/timers.txt" "$tmp/timers-stat.txt" "$ROUNDS" "$DURATION" "$N" "$ACTIVE" \
   "$SOURCES" "$IDLE_TIMEOUT" "$(ulimit -n)" "$N_WANTED" <<'PY'
-import csv, json, os, platform, statistics, sys, datetime
+import os, platform, sys, datetime
+from report import cpu_model, fmt, load_runs, med
 runs, out, timers, timer_stat, rounds, duration, n, active, sources, idle_timeout, nofile, n_wanted = sys.argv[1:13]
 n_wanted = int(n_wanted)
 n, active, duration = int(n), int(active), float(duration)
-rows = list(csv.DictReader(open(runs)))
-for r in rows:
-    try:
-        r["j"] = json.loads(r["json"])
-    except Exception:
-        r["j"] = {}
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def fmt(v, nd=0):
-    return "—" if v is None else f"{v:,.{nd}f}"
+rows = load_runs(runs, "json")
 def num(x):
     try:
         return float(x)
     except (TypeError, ValueError):
         return None
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+cpu = cpu_model()
 L = []
 p = L.append
 p("## 100,000 connections to one loop (bench/scale.sh)")
