@@ -194,7 +194,7 @@ run_case() {
   [ "$kind" = syscalls ] && secs=$SYSCALL_DURATION
   if ! start_proxy "$s"; then
     stop_proxy
-    python3 "$tmp/pbench.py" record --kind "$kind" --round "$round" --workload "$w" --server "$s" \
+    PYTHONPATH="$bench" python3 "$tmp/pbench.py" record --kind "$kind" --round "$round" --workload "$w" --server "$s" \
       --size "$(size_of "$w")" --failed "proxy did not start" --runs "$tmp/runs.csv"
     return 0
   fi
@@ -223,7 +223,7 @@ run_case() {
   fi
   stop_proxy
   kill -0 "$BPID" 2>/dev/null || die "the echo backend died: $(tail -3 "$tmp/backend.err")"
-  python3 "$tmp/pbench.py" record --kind "$kind" --round "$round" --workload "$w" --server "$s" \
+  PYTHONPATH="$bench" python3 "$tmp/pbench.py" record --kind "$kind" --round "$round" --workload "$w" --server "$s" \
     --size "$(size_of "$w")" --client "$tmp/client.out" --client-err "$tmp/client.err" --rc "$rc" --failed "$died" \
     --ticks $((after - before)) --hz "$HZ" --wall "$(echo "$t0 $t1" | awk '{print $2 - $1}')" \
     --trace "$tmp/trace.txt" --trace-tool "$SYSCALL_TOOL" --runs "$tmp/runs.csv"
@@ -231,7 +231,8 @@ run_case() {
 
 # ---------------------------------------------------------------- python helper
 cat >"$tmp/pbench.py" <<'PY'
-import argparse, csv, json, math, os, statistics, sys
+import argparse, csv, json, math, os, sys
+from report import fmt, med
 
 FIELDS = ["kind", "round", "workload", "server", "size", "ops", "ops_s", "mb_s", "wall_s", "cpu_s", "cpu_util",
           "ops_per_cpu_s", "mb_per_cpu_s", "p50_us", "p99_us", "errors", "syscalls", "syscalls_per_op", "note"]
@@ -249,13 +250,6 @@ def num(x):
         return v if math.isfinite(v) else None
     except (TypeError, ValueError):
         return None
-
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-def fmt(v, nd=0):
-    return "—" if v is None else f"{v:,.{nd}f}"
 
 def parse_trace(path, tool):
     text = open(path).read() if os.path.exists(path) else ""
@@ -557,7 +551,7 @@ meta = {
 json.dump(meta, open(sys.argv[1], "w"))
 PY
 cp "$tmp/runs.csv" "$bench/proxy-results-runs.csv"
-python3 "$tmp/pbench.py" report --runs "$tmp/runs.csv" --meta "$tmp/meta.json" --idle "$tmp/idle.jsonl" \
+PYTHONPATH="$bench" python3 "$tmp/pbench.py" report --runs "$tmp/runs.csv" --meta "$tmp/meta.json" --idle "$tmp/idle.jsonl" \
   --csv "$bench/proxy-results.csv" --chart-csv "$tmp/chart.csv" --md "$bench/RESULTS.md"
 if [ -n "$chart" ]; then
   "$CHART" "$tmp/chart.csv" "$bench/proxy-results.svg" \
